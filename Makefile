@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test` (both set up first).
+PY ?= python3
+OUT ?= saliency-out
+
+.PHONY: setup setup-dev demo test lint docs bench
+
+# Take torch first when it is missing, pinned to a release whose CPU wheel ships with this
+# machine image; an unpinned install would pull a multi-GB CUDA build. Any torch>=2.3 works.
+setup:
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e .
+
+setup-dev:
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+
+demo: setup
+	$(PY) -m saliency demo --out $(OUT) --overwrite
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup-dev lint
+	$(PY) -m pytest -q
+
+docs: setup-dev
+	$(PY) -m mkdocs build --strict
+
+bench: setup-dev
+	$(PY) benchmarks/engine.py
+	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/viz.py

@@ -1,0 +1,23 @@
+"""The class-Jacobian engine: validation, chunk planning under a memory budget, strategies."""
+
+from .auto import forget as forget_strategy_choices
+from .budget import parse_memory
+from .jacobian import (
+    JacobianChunk,
+    JacobianResult,
+    class_jacobian,
+    evaluate,
+    iter_class_jacobian,
+)
+from .strategies import STRATEGIES
+
+__all__ = [
+    "STRATEGIES",
+    "JacobianChunk",
+    "JacobianResult",
+    "class_jacobian",
+    "evaluate",
+    "forget_strategy_choices",
+    "iter_class_jacobian",
+    "parse_memory",
+]

@@ -1,0 +1,169 @@
+"""Memory budgets: parse ``max_memory`` and split rows and classes into chunks that fit it.
+
+The cost model counts bytes, not seconds. ``act`` is what one sample's forward pass keeps for the
+backward pass (measured by :mod:`saliency.engine.probe`), ``row`` the bytes of one input sample.
+Each strategy's working set is a simple polynomial in the chunk sizes ``r`` (rows) and ``k``
+(classes, or tangent features for forward mode); the planner keeps rows whole when it can (one
+forward per row chunk is what every strategy shares) and then takes the largest class chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Plan", "fits", "parse_memory", "plan"]
+
+# Estimates are rough; keep a margin so that the real peak stays under the budget.
+_SAFETY = 1.5
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_memory(value: int | float | str | None) -> int | None:
+    """Bytes from ``max_memory``: an int, or a string such as ``"512MB"``, ``"2GB"``, ``"1.5GiB"``.
+
+    Examples
+    --------
+    >>> parse_memory("512MB"), parse_memory("1GiB"), parse_memory(4096)
+    (512000000, 1073741824, 4096)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"max_memory: expected bytes or a string like '2GB', got {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ValueError(
+                f"max_memory: could not read {value!r}; expected bytes or a size such as "
+                "'512MB', '2GB' or '1.5GiB'"
+            )
+        number, unit = float(m.group(1)), m.group(2).upper()
+    else:
+        raise TypeError(f"max_memory: expected bytes or a string like '2GB', got {value!r}")
+    total = int(number * _UNITS[unit])
+    if total <= 0:
+        raise ValueError(f"max_memory: must be positive, got {value!r}")
+    return total
+
+
+def default_cap(device: torch.device) -> int:
+    """A soft working-memory cap used to size batched chunks when no budget is given."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return int(min(total * 0.25, 4 * 2**30))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Per-sample byte counts the cost model needs."""
+
+    act: int  # saved activations of one sample's forward pass
+    row: int  # one input sample
+    features: int  # input features per sample (numel of one sample)
+    classes: int  # rows K asked for
+    width: int = 0  # features entering a linear head, when there is one
+
+
+def working_set(strategy: str, sizes: Sizes, r: int, k: int) -> float:
+    """Estimated extra bytes one chunk of ``r`` rows and ``k`` classes needs, block included."""
+    a, x = sizes.act, sizes.row
+    block = r * k * x
+    if strategy == "loop":
+        return _SAFETY * (r * (2 * a + 2 * x)) + 2 * block
+    if strategy == "vmap":
+        return _SAFETY * (r * a + k * r * (a + x)) + 2 * block
+    if strategy == "replicate":
+        return _SAFETY * (k * r * (2 * a + 2 * x)) + 2 * block
+    if strategy == "forward":
+        # k counts tangent features here; the block holds every class for every feature.
+        return _SAFETY * (r * a + k * r * (a + x)) + 2 * r * sizes.classes * x
+    if strategy == "head":
+        return _SAFETY * (r * (2 * a + 2 * x)) + r * sizes.width * x + 2 * block
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Chunk sizes: ``rows`` samples per forward, ``cols`` classes (or features) per pass."""
+
+    rows: int
+    cols: int
+
+
+def plan(
+    strategy: str,
+    sizes: Sizes,
+    batch: int,
+    n_cols: int,
+    budget: int | None,
+    fixed: int,
+    *,
+    device: torch.device,
+) -> Plan:
+    """The largest chunks whose working set, plus ``fixed`` bytes held throughout, fit ``budget``.
+
+    Raises ``MemoryError`` naming ``max_memory`` when not even one row and one class fit.
+    """
+    limit = budget if budget is not None else None
+    cap = default_cap(device) if budget is None else None
+    r = batch
+    while r >= 1:
+        k = _largest_cols(strategy, sizes, r, n_cols, limit, fixed, cap)
+        if k:
+            return Plan(r, k)
+        if limit is None:
+            break
+        r = r // 2 if r > 1 else 0
+    if limit is None:
+        return Plan(batch, 1)
+    need = fixed + working_set(strategy, sizes, 1, 1)
+    raise MemoryError(
+        f"max_memory={_human(budget)} is too small for strategy {strategy!r}: one sample and one "
+        f"class need about {_human(need)} (activations {_human(sizes.act)} per sample, "
+        f"input {_human(sizes.row)} per sample, {_human(fixed)} held for the result). Raise "
+        "max_memory, or use iter_class_jacobian to stream the result instead of holding it."
+    )
+
+
+def fits(strategy: str, sizes: Sizes, r: int, k: int, budget: int | None, fixed: int) -> bool:
+    """Whether a chunk of ``r`` rows and ``k`` classes fits the budget."""
+    return budget is None or fixed + working_set(strategy, sizes, r, k) <= budget
+
+
+def _largest_cols(strategy, sizes, r, n_cols, limit, fixed, cap) -> int:
+    if limit is None:
+        if strategy == "loop":
+            return n_cols
+        # No budget: only batched strategies are sized, by the soft cap.
+        limit, fixed = cap, 0
+    if fixed + working_set(strategy, sizes, r, 1) > limit:
+        return 0
+    lo, hi = 1, n_cols
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fixed + working_set(strategy, sizes, r, mid) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "None"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"

@@ -1,0 +1,97 @@
+"""What the engine learns about a model from one tiny forward pass, cached per model and shape.
+
+Two facts drive planning: the bytes one sample's forward pass saves for the backward pass (measured
+with saved-tensor hooks, so it holds on any device and for any architecture), and whether the model
+ends in a linear layer whose output *is* the model output (the ``head`` strategy factorises the
+Jacobian through it).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Probe", "probe"]
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Facts about a model at one input shape."""
+
+    act: int  # bytes saved for backward per sample
+    outputs: int  # C, the number of model outputs
+    head: str | None  # name of the final linear layer, if the output is exactly its output
+
+    def head_module(self, model: nn.Module) -> nn.Linear:
+        """The head layer itself (the name keeps the cache from holding the model alive)."""
+        return dict(model.named_modules())[self.head]
+
+
+def probe(
+    model: Callable, forward: Callable[[torch.Tensor, slice], torch.Tensor], x: torch.Tensor
+) -> Probe:
+    """Measure ``model`` on the first one and two samples of ``x`` (cached per shape and dtype).
+
+    ``forward(x_rows, rows)`` runs the model on those rows, with their keyword arguments.
+    """
+    key = (tuple(x.shape[1:]), x.dtype, x.device)
+    try:
+        per_model = _CACHE.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: measure every time
+        per_model = {}
+    if key not in per_model:
+        per_model[key] = _measure(model, forward, x)
+    return per_model[key]
+
+
+def _measure(model, forward, x) -> Probe:
+    exclude = set()
+    if isinstance(model, nn.Module):
+        exclude = {_ptr(t) for t in (*model.parameters(), *model.buffers())}
+    one, head, n_out = _saved_bytes(model, forward, x, 1, exclude)
+    if x.shape[0] >= 2:
+        two, _, _ = _saved_bytes(model, forward, x, 2, exclude)
+        act = max(two - one, 0) or one
+    else:
+        act = one
+    return Probe(act=act, outputs=n_out, head=head)
+
+
+def _saved_bytes(model, forward, x, n, exclude) -> tuple[int, str | None, int]:
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = _ptr(t)
+        if ptr not in exclude:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    calls: list[tuple[nn.Linear, torch.Tensor]] = []
+    hooks = []
+    if isinstance(model, nn.Module):
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                hooks.append(m.register_forward_hook(lambda mod, _i, o: calls.append((mod, o))))
+    try:
+        xs = x[:n].detach().requires_grad_()
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward(xs, slice(0, n))
+    finally:
+        for h in hooks:
+            h.remove()
+    head = None
+    if calls and calls[-1][1] is out and out.ndim == 2:
+        mod = calls[-1][0]
+        if sum(m is mod for m, _ in calls) == 1:
+            head = next(name for name, m in model.named_modules() if m is mod)
+    return sum(seen.values()), head, out.shape[1]
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()

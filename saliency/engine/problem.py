@@ -1,0 +1,184 @@
+"""Validate a call once at the door and turn it into a plain description the engine works with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import targets
+from .budget import parse_memory
+
+__all__ = ["Problem", "make_problem"]
+
+OUTPUTS = ("logits", "softmax", "log_softmax")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validated request: the model, the input, the transform, the targets and the budget."""
+
+    model: Callable
+    x: torch.Tensor
+    classes: targets.Classes
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    output: object  # the caller's ``output`` argument, used as part of cache keys
+    strategy: str
+    budget: int | None
+    create_graph: bool
+    kwargs: dict
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    def forward(self, x: torch.Tensor, rows: slice, repeats: int = 1) -> torch.Tensor:
+        """Model outputs ``[n, C]`` after the transform, checked, for inputs ``x`` of ``rows``."""
+        kwargs = {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
+        raw = self.model(x, **kwargs)
+        out = self.transform(_as_scores(raw, x.shape[0]))
+        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], out.shape[-1]):
+            raise ValueError(
+                f"output: the transform must map [B, C] scores to [B, C], got "
+                f"{getattr(out, 'shape', type(out).__name__)}"
+            )
+        _check_finite(out, rows, repeats)
+        return out
+
+    def _rows(self, value: object, rows: slice, repeats: int) -> object:
+        # Per-sample tensors (first dimension B) follow the rows; everything else passes through.
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == self.batch:
+            value = value[rows]
+            if repeats > 1:
+                value = value.repeat(repeats, *([1] * (value.ndim - 1)))
+        return value
+
+
+def make_problem(
+    model: Callable,
+    x: torch.Tensor,
+    classes: targets.Classes,
+    output: str | Callable,
+    strategy: str,
+    max_memory: int | str | None,
+    create_graph: bool,
+    kwargs: dict,
+    strategies: tuple[str, ...],
+) -> Problem:
+    """Check every argument and build the :class:`Problem`."""
+    _check_model(model)
+    _check_input(x)
+    if strategy != "auto" and strategy not in strategies:
+        raise ValueError(
+            f"strategy: expected 'auto' or one of {list(strategies)}, got {strategy!r}"
+        )
+    if create_graph and strategy in ("forward", "head"):
+        raise ValueError(
+            f"strategy={strategy!r} does not support create_graph=True; "
+            "use 'loop', 'vmap', 'replicate' or 'auto'"
+        )
+    return Problem(
+        model=model,
+        x=x,
+        classes=classes,
+        transform=_transform(output),
+        output=output,
+        strategy=strategy,
+        budget=parse_memory(max_memory),
+        create_graph=bool(create_graph),
+        kwargs=dict(kwargs),
+    )
+
+
+def _check_model(model: Callable) -> None:
+    if not callable(model):
+        raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
+    if isinstance(model, nn.Module):
+        coupled = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+        ]
+        if coupled:
+            raise ValueError(
+                f"model: is in training mode and contains BatchNorm ({', '.join(coupled[:3])}), "
+                "which couples the samples of a batch, so per-sample Jacobian rows would be "
+                "wrong. Call model.eval() first."
+            )
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"x: expected a floating tensor (float32 or float64), got dtype {x.dtype}. Integer "
+            "inputs such as token ids have no input gradient: embed them first and explain the "
+            "embeddings (pass a model that takes the embedded tensor)."
+        )
+    if x.ndim < 2:
+        raise ValueError(
+            f"x: expected a batch of rank >= 2 ([B, D], [B, C, H, W], ...), got shape "
+            f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
+        )
+    if x.shape[0] == 0:
+        raise ValueError("x: the batch is empty (B = 0)")
+
+
+def _transform(output: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    if callable(output):
+        return output
+    if output == "logits":
+        return _identity
+    if output == "softmax":
+        return _softmax
+    if output == "log_softmax":
+        return _log_softmax
+    raise ValueError(
+        f"output: expected one of {list(OUTPUTS)} or a callable on the model output, got {output!r}"
+    )
+
+
+def _identity(out: torch.Tensor) -> torch.Tensor:
+    return out
+
+
+def _softmax(out: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(out, dim=1)
+
+
+def _log_softmax(out: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(out, dim=1)
+
+
+def _as_scores(raw: object, n: int) -> torch.Tensor:
+    if not isinstance(raw, torch.Tensor):
+        raise TypeError(
+            f"model: must return a tensor of scores [B, C], got {type(raw).__name__}; wrap a model "
+            "that returns a tuple or dict so that it returns the logits"
+        )
+    if raw.ndim == 1 and raw.shape[0] == n:
+        return raw.unsqueeze(1)
+    if raw.ndim != 2 or raw.shape[0] != n:
+        raise ValueError(
+            f"model: output must have shape [B, C] = [{n}, C], got {tuple(raw.shape)}. For "
+            "segmentation maps or other outputs of higher rank, wrap the model so that it returns "
+            "one score per class, e.g. lambda x: model(x).mean(dim=(2, 3))"
+        )
+    if not raw.is_floating_point():
+        raise TypeError(f"model: output must be floating point, got dtype {raw.dtype}")
+    return raw
+
+
+def _check_finite(out: torch.Tensor, rows: slice, repeats: int) -> None:
+    bad = ~torch.isfinite(out).all(dim=1)
+    if bool(bad.any()):
+        n = out.shape[0] // repeats
+        first = rows.start or 0
+        samples = sorted({first + int(i) % n for i in bad.nonzero().flatten()})
+        raise ValueError(
+            f"model: output holds NaN or inf for samples {samples[:10]}"
+            f"{' ...' if len(samples) > 10 else ''}; their gradients would be meaningless"
+        )

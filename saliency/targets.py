@@ -1,0 +1,179 @@
+"""Which output rows to differentiate: every class, a shared list, per-sample ids, top-k, contrasts.
+
+Every target becomes a cotangent row on the model output: row ``k`` of sample ``b`` is
+``out[b, ids[b, k]] - out[b, neg[b, k]]`` (``neg`` is empty for plain classes). The engine only ever
+sees that pair of ``[B, K]`` index tensors, so selection, top-k and contrasts share one mechanism.
+This module sits beneath the engine: it is the vocabulary the engine speaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Classes", "Rows", "contrast", "resolve", "top_k"]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The ``k`` highest outputs of each sample (see :func:`top_k`)."""
+
+    k: int
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Differences ``out[a] - out[b]`` of pairs of classes (see :func:`contrast`)."""
+
+    a: tuple[int, ...]
+    b: tuple[int, ...]
+
+
+Classes = None | int | Sequence[int] | torch.Tensor | TopK | Contrast
+
+
+def top_k(k: int) -> TopK:
+    """Select the ``k`` highest-scoring classes of each sample, highest first.
+
+    Examples
+    --------
+    >>> import torch, saliency
+    >>> model = torch.nn.Linear(4, 6)
+    >>> saliency.class_jacobian(model, torch.randn(2, 4), saliency.top_k(3)).shape
+    torch.Size([2, 3, 4])
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k: k must be a positive int, got {k!r}")
+    return TopK(k)
+
+
+def contrast(a: int | Sequence[int], b: int | Sequence[int]) -> Contrast:
+    """Differentiate the difference ``out[a] - out[b]`` (one row per pair).
+
+    ``a`` and ``b`` are class ids, or equally long sequences of them; the rows keep ``a`` as their
+    class id.
+
+    Examples
+    --------
+    >>> import torch, saliency
+    >>> model = torch.nn.Linear(4, 3, bias=False)
+    >>> J = saliency.class_jacobian(model, torch.randn(1, 4), saliency.contrast(0, 2))
+    >>> torch.allclose(J[0, 0], model.weight[0] - model.weight[2])
+    True
+    """
+    pa, pb = _as_id_tuple(a, "contrast(a)"), _as_id_tuple(b, "contrast(b)")
+    if len(pa) != len(pb):
+        raise ValueError(f"contrast: a and b must have equal lengths, got {len(pa)} and {len(pb)}")
+    return Contrast(pa, pb)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Resolved targets: row ``k`` of sample ``b`` is ``out[b, ids[b, k]] - out[b, neg[b, k]]``."""
+
+    ids: torch.Tensor  # [B, K] long
+    neg: torch.Tensor | None  # [B, K] long, or None for plain classes
+
+    def select(self, out: torch.Tensor) -> torch.Tensor:
+        """The selected scores ``[B, K]`` of outputs ``out`` ``[B, C]``."""
+        s = out.gather(1, self.ids)
+        return s if self.neg is None else s - out.gather(1, self.neg)
+
+    def __getitem__(self, index: slice) -> Rows:
+        neg = None if self.neg is None else self.neg[index]
+        return Rows(self.ids[index], neg)
+
+    def columns(self, index: slice) -> Rows:
+        """The rows restricted to a slice of the ``K`` targets."""
+        neg = None if self.neg is None else self.neg[:, index]
+        return Rows(self.ids[:, index], neg)
+
+
+def count(classes: Classes, n_outputs: int, batch: int) -> int:
+    """The number ``K`` of rows that ``classes`` asks for, before any output is seen."""
+    if classes is None:
+        return n_outputs
+    if isinstance(classes, TopK):
+        return classes.k
+    if isinstance(classes, Contrast):
+        return len(classes.a)
+    if isinstance(classes, torch.Tensor) and classes.ndim == 2:
+        return classes.shape[1]
+    return len(_as_id_tuple(classes, "classes"))
+
+
+def resolve(classes: Classes, out: torch.Tensor) -> Rows:
+    """Turn any accepted ``classes`` form into :class:`Rows` for outputs ``out`` ``[B, C]``."""
+    n, c = out.shape
+    device = out.device
+    if classes is None:
+        ids = torch.arange(c, device=device).expand(n, c)
+        return Rows(ids, None)
+    if isinstance(classes, TopK):
+        if classes.k > c:
+            raise ValueError(
+                f"classes=top_k({classes.k}) asks for more classes than the {c} outputs"
+            )
+        return Rows(out.detach().topk(classes.k, dim=1).indices, None)
+    if isinstance(classes, Contrast):
+        a, b = _shared(classes.a, n, c, device), _shared(classes.b, n, c, device)
+        return Rows(a, b)
+    if isinstance(classes, torch.Tensor) and classes.ndim == 2:
+        return Rows(_per_sample(classes, n, c, device), None)
+    return Rows(_shared(_as_id_tuple(classes, "classes"), n, c, device), None)
+
+
+def _shared(ids: tuple[int, ...], n: int, c: int, device: torch.device) -> torch.Tensor:
+    bad = [i for i in ids if not 0 <= i < c]
+    if bad:
+        raise ValueError(
+            f"classes: ids {bad} are out of range [0, {c}) for a model with {c} outputs"
+        )
+    t = torch.tensor(ids, dtype=torch.long, device=device)
+    return t.expand(n, len(ids))
+
+
+def _per_sample(ids: torch.Tensor, n: int, c: int, device: torch.device) -> torch.Tensor:
+    if ids.dtype in (torch.bool,) or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"classes: a [B, K] tensor must hold integer ids, got dtype {ids.dtype}")
+    if ids.shape[0] != n:
+        raise ValueError(
+            f"classes: a per-sample id tensor must have shape [B, K] with B={n}, "
+            f"got {tuple(ids.shape)}"
+        )
+    if ids.shape[1] == 0:
+        raise ValueError("classes: asks for no class at all (K = 0)")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= c):
+        raise ValueError(
+            f"classes: ids must lie in [0, {c}) for a model with {c} outputs, "
+            f"got values from {int(ids.min())} to {int(ids.max())}"
+        )
+    return ids.to(device=device, dtype=torch.long)
+
+
+def _as_id_tuple(value: object, name: str) -> tuple[int, ...]:
+    if isinstance(value, torch.Tensor):
+        if value.ndim > 1:
+            raise ValueError(f"{name}: expected an int or a 1-D tensor of ids, got {value.ndim}-D")
+        if value.is_floating_point() or value.dtype == torch.bool:
+            raise TypeError(f"{name}: ids must be integers, got a tensor of dtype {value.dtype}")
+        value = value.reshape(-1).tolist()
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected class ids, got the bool {value!r}")
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not value:
+            raise ValueError(f"{name}: asks for no class at all (an empty list)")
+        out = []
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name}: every id must be an int, got {v!r}")
+            out.append(v)
+        return tuple(out)
+    raise TypeError(
+        f"{name}: expected None, an int, a list or 1-D tensor of ids, a [B, K] id tensor, "
+        f"saliency.top_k(k) or saliency.contrast(a, b); got {type(value).__name__}"
+    )
