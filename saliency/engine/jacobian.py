@@ -175,7 +175,7 @@ class _Engine:
     def __init__(self, p: Problem, *, stream: bool) -> None:
         self.p = p
         self.stream = stream
-        self.info: Probe = probe(p.model, p.forward, p.x)
+        self.info: Probe = probe(p.model, p.scores, p.transform, p.x)
         self.k = targets.count(p.classes, self.info.outputs, p.batch)
         self.head = None
         if self.info.head is not None:
@@ -188,6 +188,11 @@ class _Engine:
             classes=self.k,
             width=self.head.in_features if self.head is not None else 0,
         )
+        if p.strategy == "head" and self.head is None:
+            raise ValueError(
+                "strategy='head' needs a model whose output is exactly the output of its last "
+                "nn.Linear layer (called once); use 'loop', 'vmap' or 'auto' for this model"
+            )
         self.strategy = p.strategy if p.strategy != "auto" else self._choose()
         self.plan = self._plan(self.strategy)
 

@@ -34,11 +34,15 @@ class Probe:
 
 
 def probe(
-    model: Callable, forward: Callable[[torch.Tensor, slice], torch.Tensor], x: torch.Tensor
+    model: Callable,
+    scores: Callable[[torch.Tensor, slice], torch.Tensor],
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
 ) -> Probe:
     """Measure ``model`` on the first one and two samples of ``x`` (cached per shape and dtype).
 
-    ``forward(x_rows, rows)`` runs the model on those rows, with their keyword arguments.
+    ``scores(x_rows, rows)`` runs the model on those rows with their keyword arguments, giving
+    raw ``[n, C]`` scores; ``transform`` is the output transform (it may change ``C``).
     """
     key = (tuple(x.shape[1:]), x.dtype, x.device)
     try:
@@ -46,24 +50,24 @@ def probe(
     except TypeError:  # not weak-referenceable: measure every time
         per_model = {}
     if key not in per_model:
-        per_model[key] = _measure(model, forward, x)
+        per_model[key] = _measure(model, scores, transform, x)
     return per_model[key]
 
 
-def _measure(model, forward, x) -> Probe:
+def _measure(model, scores, transform, x) -> Probe:
     exclude = set()
     if isinstance(model, nn.Module):
         exclude = {_ptr(t) for t in (*model.parameters(), *model.buffers())}
-    one, head, n_out = _saved_bytes(model, forward, x, 1, exclude)
+    one, head, n_out = _saved_bytes(model, scores, transform, x, 1, exclude)
     if x.shape[0] >= 2:
-        two, _, _ = _saved_bytes(model, forward, x, 2, exclude)
+        two, _, _ = _saved_bytes(model, scores, transform, x, 2, exclude)
         act = max(two - one, 0) or one
     else:
         act = one
     return Probe(act=act, outputs=n_out, head=head)
 
 
-def _saved_bytes(model, forward, x, n, exclude) -> tuple[int, str | None, int]:
+def _saved_bytes(model, scores, transform, x, n, exclude) -> tuple[int, str | None, int]:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -81,7 +85,8 @@ def _saved_bytes(model, forward, x, n, exclude) -> tuple[int, str | None, int]:
     try:
         xs = x[:n].detach().requires_grad_()
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = forward(xs, slice(0, n))
+            out = scores(xs, slice(0, n))
+            n_out = transform(out).shape[1]
     finally:
         for h in hooks:
             h.remove()
@@ -90,7 +95,7 @@ def _saved_bytes(model, forward, x, n, exclude) -> tuple[int, str | None, int]:
         mod = calls[-1][0]
         if sum(m is mod for m, _ in calls) == 1:
             head = next(name for name, m in model.named_modules() if m is mod)
-    return sum(seen.values()), head, out.shape[1]
+    return sum(seen.values()), head, n_out
 
 
 def _ptr(t: torch.Tensor) -> int:

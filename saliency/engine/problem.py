@@ -36,9 +36,7 @@ class Problem:
 
     def forward(self, x: torch.Tensor, rows: slice, repeats: int = 1) -> torch.Tensor:
         """Model outputs ``[n, C]`` after the transform, checked, for inputs ``x`` of ``rows``."""
-        kwargs = {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
-        raw = self.model(x, **kwargs)
-        out = self.transform(_as_scores(raw, x.shape[0]))
+        out = self.transform(self.scores(x, rows, repeats))
         if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], out.shape[-1]):
             raise ValueError(
                 f"output: the transform must map [B, C] scores to [B, C], got "
@@ -46,6 +44,11 @@ class Problem:
             )
         _check_finite(out, rows, repeats)
         return out
+
+    def scores(self, x: torch.Tensor, rows: slice, repeats: int = 1) -> torch.Tensor:
+        """Raw model scores ``[n, C]`` (before the transform) for inputs ``x`` of ``rows``."""
+        kwargs = {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
+        return _as_scores(self.model(x, **kwargs), x.shape[0])
 
     def _rows(self, value: object, rows: slice, repeats: int) -> object:
         # Per-sample tensors (first dimension B) follow the rows; everything else passes through.
