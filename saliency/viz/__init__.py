@@ -1,0 +1,33 @@
+"""Pictures of attributions: heat maps, overlays, grids, bulk saving and matplotlib figures.
+
+Normalisation (:func:`normalize`: sign, channel reduction, clipping) is separate from colouring
+(256-entry lookup tables), so saving thousands of pictures costs array work and a PNG encode, not a
+matplotlib figure each. Every function accepts torch tensors or numpy arrays, channels first or
+last, grayscale or RGB, images in ``[0, 1]`` or ``[0, 255]`` or normalised (pass ``mean`` and
+``std`` to undo it).
+
+Examples
+--------
+>>> import torch
+>>> from saliency import viz
+>>> image, values = torch.rand(3, 64, 64), torch.randn(3, 64, 64)
+>>> viz.overlay(image, values, sign="all").size
+(64, 64)
+"""
+
+from saliency.viz.draw import grid, heatmap, overlay
+from saliency.viz.figures import plot_classes, plot_features
+from saliency.viz.images import to_rgb
+from saliency.viz.normalize import normalize
+from saliency.viz.save import save_overlays
+
+__all__ = [
+    "grid",
+    "heatmap",
+    "normalize",
+    "overlay",
+    "plot_classes",
+    "plot_features",
+    "save_overlays",
+    "to_rgb",
+]

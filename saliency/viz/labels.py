@@ -1,0 +1,39 @@
+"""Names for classes: in titles, labels and file names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+__all__ = ["class_label", "file_stem"]
+
+ClassNames = Sequence[str] | Mapping[int, str] | None
+
+
+def class_label(class_id: int, class_names: ClassNames) -> str:
+    """The name of ``class_id`` in ``class_names`` (a sequence or a mapping), or the id itself.
+
+    >>> class_label(1, ["cat", "dog"]), class_label(1, None)
+    ('dog', '1')
+    """
+    class_id = int(class_id)
+    if class_names is None:
+        return str(class_id)
+    if isinstance(class_names, Mapping):
+        if class_id in class_names:
+            return str(class_names[class_id])
+    elif 0 <= class_id < len(class_names):
+        return str(class_names[class_id])
+    raise ValueError(
+        f"class_names has no entry for class {class_id} (it has {len(class_names)} entries)"
+    )
+
+
+def file_stem(index: int, class_id: int, class_names: ClassNames) -> str:
+    """``{index}_{class-name}`` with characters unsafe in file names replaced by ``_``.
+
+    >>> file_stem(7, 2, ["cat", "dog", "n/a: other"])
+    '7_n_a_other'
+    """
+    name = re.sub(r"[^\w.-]+", "_", class_label(class_id, class_names)).strip("._")[:100]
+    return f"{index}_{name or int(class_id)}"
