@@ -300,7 +300,10 @@ class _Engine:
         else:
             with torch.no_grad():
                 out = p.forward(x.detach(), rows)
-        chunk.rows = targets.resolve(p.classes, out.detach())
+        classes = p.classes
+        if isinstance(classes, torch.Tensor) and classes.ndim == 2 and len(classes) == p.batch:
+            classes = classes[rows]  # per-sample ids follow their rows into the chunk
+        chunk.rows = targets.resolve(classes, out.detach())
         chunk.cache["outputs"] = out.detach()
         return chunk
 
