@@ -342,3 +342,18 @@ def test_property_matches_jacrev(batch, features, n_classes, dtype, strategy, da
     if ids is not None:
         ref = ref[:, ids]
     torch.testing.assert_close(J, ref, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_auto_measures_once_per_model_and_shape(monkeypatch):
+    from saliency.engine import auto
+
+    calls = []
+    real = auto.choose
+    monkeypatch.setattr(auto, "choose", lambda *a: calls.append(1) or real(*a))
+    model, x = make("mlp", torch.float32)
+    for _ in range(3):
+        saliency.class_jacobian(model, x)
+    assert len(calls) == 1
+    saliency.class_jacobian(model, torch.cat([x, x]))  # another shape: measured again
+    assert len(calls) == 2
+    assert evaluate(model, x).strategy in {"loop", "vmap", "replicate", "forward", "head"}

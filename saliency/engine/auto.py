@@ -18,7 +18,8 @@ __all__ = ["choose", "forget"]
 
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TRIAL_TARGETS = 32  # at most this many targets are timed per candidate
-_SLOW = 1.0  # seconds: a candidate this slow is timed once, not best-of-two
+_ROUNDS = 3  # timed rounds after the warm-up, when the candidates are quick
+_SLOW = 2.0  # seconds: when all warm-ups together take longer, their times are used as they are
 
 
 def cached(model: Callable, key: tuple) -> str | None:
@@ -54,13 +55,24 @@ def choose(runs: dict[str, Callable[[int], None]], forward: Callable[[], None], 
     if len(runs) == 1:
         return next(iter(runs))
     k_t = min(k, _TRIAL_TARGETS)
-    t_fwd = _time(forward) if k_t < k else 0.0
-    costs = {}
-    for name, run in runs.items():
+    jobs = {name: (lambda run=run: run(k_t)) for name, run in runs.items()}
+    if k_t < k:
+        jobs["_forward"] = forward
+    best = {}
+    for name, job in jobs.items():  # warm-up, and drop candidates this model cannot run
         try:
-            t = _time(lambda run=run: run(k_t))
+            best[name] = _once(job)
         except (RuntimeError, NotImplementedError):
-            continue  # e.g. an op without a vmap or forward-mode rule: not a candidate
+            continue  # e.g. an op without a vmap or forward-mode rule
+    # Interleave the timed rounds so that a burst of load on a shared machine hits every
+    # candidate alike; keep each candidate's fastest round.
+    rounds = _ROUNDS if sum(best.values()) < _SLOW else 0
+    for _ in range(rounds):
+        for name in best:
+            best[name] = min(best[name], _once(jobs[name]))
+    t_fwd = best.pop("_forward", 0.0)
+    costs = {}
+    for name, t in best.items():
         if k_t < k:
             if name in ("loop", "vmap"):
                 t = t_fwd + (t - t_fwd) * k / k_t
@@ -74,20 +86,12 @@ def choose(runs: dict[str, Callable[[int], None]], forward: Callable[[], None], 
     return min(costs, key=costs.get)
 
 
-def _time(fn: Callable[[], None]) -> float:
+def _once(fn: Callable[[], None]) -> float:
+    _sync()
     start = time.perf_counter()
-    fn()  # warm-up, and the only run for a slow candidate
-    first = time.perf_counter() - start
-    if first > _SLOW:
-        return first
-    best = first
-    for _ in range(2):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        best = min(best, time.perf_counter() - start)
-    return best
+    fn()
+    _sync()
+    return time.perf_counter() - start
 
 
 def _sync() -> None:
