@@ -4,14 +4,18 @@ The engine returns ``J[b, k] = d out[b, class_k] / d x[b]`` for every requested 
 methods, pictures and audits are layers above it.
 """
 
+from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
+from .methods import gradients
 from .targets import contrast, top_k
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attribution",
     "class_jacobian",
     "contrast",
+    "gradients",
     "iter_class_jacobian",
     "top_k",
 ]

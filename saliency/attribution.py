@@ -1,0 +1,220 @@
+"""``Attribution``: the result of every explanation method, with what produced it.
+
+Pictures are drawn from these fields by :mod:`saliency.viz`; this module holds data only, so that
+importing it pulls in no imaging code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = ["Attribution"]
+
+_FORMAT = "saliency.Attribution"
+_VERSION = "1"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Attribution:
+    """Per-sample, per-class attributions together with the classes, outputs and arguments.
+
+    Attributes
+    ----------
+    values : torch.Tensor
+        ``[B, K, *input_shape]``: row ``k`` of sample ``b`` explains class ``classes[b, k]``.
+    classes : torch.Tensor
+        ``[B, K]`` long: the class id of every row (for a contrast ``a - b``, the id ``a``).
+    outputs : torch.Tensor
+        ``[B, C]``: the model outputs at ``x`` after the ``output`` transform.
+    method : str
+        ``"gradients"``, ``"smoothgrad"`` or ``"integrated_gradients"``.
+    params : dict
+        The arguments that produced it, JSON-safe (tensors by shape, callables by name; ``seed``
+        as drawn, ``strategy`` as chosen by the engine).
+    delta : torch.Tensor or None
+        ``[B, K]`` completeness gap ``sum(values) - (F(x) - F(baseline))`` of Integrated
+        Gradients, else ``None``.
+
+    Examples
+    --------
+    >>> import torch, saliency
+    >>> model = torch.nn.Linear(4, 3)
+    >>> a = saliency.gradients(model, torch.randn(2, 4))
+    >>> a  # doctest: +ELLIPSIS
+    Attribution(method='gradients', values=[2, 3, 4] float32, classes=[0, 1, 2] for every ...)
+    >>> torch.equal(a.select(2), a.values[:, 2])
+    True
+    >>> torch.allclose(a.contrast(0, 1), (model.weight[0] - model.weight[1]).expand(2, 4))
+    True
+    """
+
+    values: torch.Tensor
+    classes: torch.Tensor
+    outputs: torch.Tensor
+    method: str
+    params: dict = field(default_factory=dict)
+    delta: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        v, c, o = self.values, self.classes, self.outputs
+        for name, t in (("values", v), ("classes", c), ("outputs", o)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if v.ndim < 3:
+            raise ValueError(f"values: expected [B, K, *input], got shape {tuple(v.shape)}")
+        if tuple(c.shape) != tuple(v.shape[:2]) or c.is_floating_point() or c.dtype == torch.bool:
+            raise ValueError(
+                f"classes: expected integer ids of shape {list(v.shape[:2])} (values' [B, K]), "
+                f"got {c.dtype} {list(c.shape)}"
+            )
+        if o.ndim != 2 or o.shape[0] != v.shape[0]:
+            raise ValueError(
+                f"outputs: expected [B, C] with B={v.shape[0]}, got shape {tuple(o.shape)}"
+            )
+        if self.delta is not None and tuple(self.delta.shape) != tuple(v.shape[:2]):
+            raise ValueError(
+                f"delta: expected shape {list(v.shape[:2])} or None, got "
+                f"{list(getattr(self.delta, 'shape', []))}"
+            )
+        if not isinstance(self.method, str):
+            raise TypeError(f"method: expected a str, got {type(self.method).__name__}")
+        try:
+            params = json.loads(json.dumps(self.params))  # canonical: what load() gives back
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"params: must be JSON-serialisable, got {self.params!r} ({e})") from e
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "classes", c.to(torch.long).contiguous())
+
+    # -- picking classes -------------------------------------------------------------------
+    def select(self, class_id: int) -> torch.Tensor:
+        """The values of class ``class_id`` for every sample, ``[B, *input_shape]``.
+
+        Every sample must have exactly one row for that class (``classes=None`` or a shared
+        list guarantee it; ``top_k`` may not).
+        """
+        if isinstance(class_id, torch.Tensor) and class_id.numel() == 1:
+            class_id = class_id.item()
+        if isinstance(class_id, bool) or not isinstance(class_id, int):
+            raise TypeError(f"class_id: expected an int, got {class_id!r}")
+        hits = self.classes == class_id
+        count = hits.sum(1)
+        missing = (count == 0).nonzero().flatten().tolist()
+        if missing:
+            raise ValueError(
+                f"class_id: class {class_id} was not computed for samples {_few(missing)}; "
+                f"pass it in classes= (computed: {self._classes_text()})"
+            )
+        repeated = (count > 1).nonzero().flatten().tolist()
+        if repeated:
+            raise ValueError(
+                f"class_id: class {class_id} has several rows for samples {_few(repeated)} "
+                "(several contrasts against it?); index values[:, k] directly"
+            )
+        k = hits.to(torch.uint8).argmax(1)
+        return self.values[torch.arange(len(k), device=k.device), k.to(self.values.device)]
+
+    def contrast(self, a: int, b: int) -> torch.Tensor:
+        """``select(a) - select(b)``: what pushes a sample towards ``a`` rather than ``b``.
+
+        Both classes must have been computed. For gradients and Integrated Gradients this equals
+        explaining ``saliency.contrast(a, b)`` directly (both are linear in the output).
+        """
+        return self.select(a) - self.select(b)
+
+    def numpy(self) -> np.ndarray:
+        """``values`` as a NumPy array on the CPU."""
+        return self.values.detach().cpu().numpy()
+
+    # -- storage ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` as safetensors with the method and params in its metadata.
+
+        The file is written next to ``path`` and renamed into place, so a reader never sees
+        half a file.
+        """
+        path = Path(path)
+        tensors = {"values": self.values, "classes": self.classes, "outputs": self.outputs}
+        if self.delta is not None:
+            tensors["delta"] = self.delta
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "method": self.method,
+            "params": json.dumps(self.params),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Attribution:
+        """Read a file written by :meth:`save` (tensors onto ``device``).
+
+        Examples
+        --------
+        >>> import tempfile, os, torch, saliency
+        >>> a = saliency.gradients(torch.nn.Linear(4, 3), torch.randn(2, 4), classes=[2])
+        >>> path = os.path.join(tempfile.mkdtemp(), "grads.safetensors")
+        >>> a.save(path)
+        >>> b = saliency.Attribution.load(path)
+        >>> torch.equal(a.values, b.values), b.method, b.params["classes"]
+        (True, 'gradients', [2])
+        """
+        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != _FORMAT:
+                raise ValueError(
+                    f"path: {os.fspath(path)!r} is not a saved Attribution "
+                    f"(metadata format {meta.get('format')!r}, expected {_FORMAT!r})"
+                )
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return cls(
+            values=tensors["values"],
+            classes=tensors["classes"],
+            outputs=tensors["outputs"],
+            method=meta["method"],
+            params=json.loads(meta["params"]),
+            delta=tensors.get("delta"),
+        )
+
+    # -- display ---------------------------------------------------------------------------
+    # saliency.viz attaches _repr_png_ for notebooks; repr stays text about shapes.
+    def __repr__(self) -> str:
+        v = self.values
+        dtype = str(v.dtype).removeprefix("torch.")
+        delta = "None"
+        if self.delta is not None:
+            delta = f"max |delta| {float(self.delta.abs().max()):.3g}"
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return (
+            f"Attribution(method={self.method!r}, values={list(v.shape)} {dtype}, "
+            f"classes={self._classes_text()}, outputs={list(self.outputs.shape)}, "
+            f"delta={delta}, params={{{params}}})"
+        )
+
+    def _classes_text(self) -> str:
+        c = self.classes
+        if bool((c == c[:1]).all()):
+            return f"{_few(c[0].tolist())} for every sample"
+        return f"per sample ({list(c.shape)}), first {_few(c[0].tolist())}"
+
+
+def _few(items: list, n: int = 8) -> str:
+    if len(items) <= n:
+        return str(items)
+    return "[" + ", ".join(str(i) for i in items[:n]) + ", ...]"

@@ -1,0 +1,8 @@
+"""Explanation methods: thin layers over the class-Jacobian engine, each returning an Attribution.
+
+One method per module; :func:`smoothgrad` wraps any of them.
+"""
+
+from .gradients import gradients
+
+__all__ = ["gradients"]

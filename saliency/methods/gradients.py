@@ -1,0 +1,93 @@
+"""Vanilla gradients and gradient x input, for every requested class at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .. import targets
+from ..attribution import Attribution
+from ..engine import evaluate
+from ._request import describe
+from ._stream import writable
+
+__all__ = ["gradients"]
+
+
+def gradients(
+    model: Callable,
+    x: torch.Tensor,
+    classes: targets.Classes = None,
+    *,
+    times_input: bool = False,
+    abs: bool = False,
+    output: str | Callable = "logits",
+    strategy: str = "auto",
+    max_memory: int | str | None = None,
+    **forward_kwargs,
+) -> Attribution:
+    """Input gradients ``d F_k / d x`` of every requested class, optionally times the input.
+
+    One engine call (:func:`saliency.class_jacobian`): one shared forward, then the cheapest exact
+    backward passes for all ``K`` classes.
+
+    Parameters
+    ----------
+    model, x, classes, output, strategy, max_memory, **forward_kwargs
+        As in :func:`saliency.class_jacobian`.
+    times_input
+        Multiply by ``x`` (gradient x input, Captum's ``InputXGradient``).
+    abs
+        Take absolute values (after ``times_input``).
+
+    Returns
+    -------
+    Attribution
+        ``values`` ``[B, K, *x.shape[1:]]``, method ``"gradients"``.
+
+    Notes
+    -----
+    Porting from Captum: ``Saliency`` returns absolute values by default, this returns signed
+    ones (pass ``abs=True`` to match). Captum's per-sample ``target`` list is a ``[B, 1]`` long
+    tensor here; a list here is a set of classes shared by every sample.
+
+    Examples
+    --------
+    >>> import torch, saliency
+    >>> model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> x = torch.randn(4, 5)
+    >>> a = saliency.gradients(model, x, saliency.top_k(2), times_input=True)
+    >>> a.values.shape, a.classes.shape
+    (torch.Size([4, 2, 5]), torch.Size([4, 2]))
+    >>> bool((a.classes[:, 0] == a.outputs.argmax(1)).all())
+    True
+    """
+    for name, flag in (("times_input", times_input), ("abs", abs)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    r = evaluate(
+        model,
+        x,
+        classes,
+        output=output,
+        strategy=strategy,
+        max_memory=max_memory,
+        **forward_kwargs,
+    )
+    values = r.values
+    if times_input or abs:
+        values = writable(values)
+    if times_input:
+        values.mul_(x.detach().unsqueeze(1))
+    if abs:
+        values.abs_()
+    params = {
+        "times_input": times_input,
+        "abs": abs,
+        "classes": describe(classes),
+        "output": describe(output),
+        "strategy": r.strategy,
+        "max_memory": max_memory,
+    }
+    return Attribution(values, r.classes, r.outputs, "gradients", params)

@@ -1,0 +1,179 @@
+"""The Attribution result type: validation, class selection, numpy, save/load, repr."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import saliency
+from saliency import Attribution
+
+
+def make(b=3, k=4, shape=(2, 5), delta=True, classes=None, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(b, k, *shape, generator=g, dtype=dtype)
+    if classes is None:
+        classes = torch.arange(k).expand(b, k)
+    outputs = torch.randn(b, 6, generator=g, dtype=dtype)
+    d = torch.randn(b, k, generator=g, dtype=dtype) if delta else None
+    params = {"steps": 7, "rule": "riemann_left", "baseline": [0.5, 1], "classes": None}
+    return Attribution(values, classes, outputs, "integrated_gradients", params, d)
+
+
+def test_fields_and_frozen():
+    a = make()
+    assert a.values.shape == (3, 4, 2, 5)
+    assert a.classes.dtype == torch.long and a.classes.is_contiguous()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.method = "other"
+
+
+def test_params_are_canonical_json():
+    a = Attribution(
+        torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, 1), "m",
+        {"t": (1, 2), "n": None},
+    )  # fmt: skip
+    assert a.params == {"t": [1, 2], "n": None}
+    assert a.classes.dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"values": torch.zeros(3, 4)}, "values: expected \\[B, K, \\*input\\]"),
+        ({"values": [1, 2]}, "values: expected a torch.Tensor"),
+        ({"classes": torch.zeros(3, 5, dtype=torch.long)}, "classes: expected integer ids"),
+        ({"classes": torch.zeros(3, 4)}, "classes: expected integer ids"),
+        ({"outputs": torch.zeros(2, 6)}, "outputs: expected \\[B, C\\] with B=3"),
+        ({"delta": torch.zeros(3)}, "delta: expected shape \\[3, 4\\]"),
+        ({"method": 3}, "method: expected a str"),
+        ({"params": {"f": print}}, "params: must be JSON-serialisable"),
+    ],
+)
+def test_bad_fields(change, match):
+    a = make()
+    fields = {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
+    fields.update(change)
+    with pytest.raises((TypeError, ValueError), match=match):
+        Attribution(**fields)
+
+
+def test_select_and_contrast():
+    a = make()
+    assert torch.equal(a.select(2), a.values[:, 2])
+    assert torch.equal(a.select(torch.tensor(1)), a.values[:, 1])
+    assert torch.equal(a.contrast(3, 0), a.values[:, 3] - a.values[:, 0])
+
+
+def test_select_per_sample_rows():
+    classes = torch.tensor([[2, 0], [0, 2], [2, 1]])
+    a = make(k=2, classes=classes)
+    picked = a.select(2)
+    assert torch.equal(picked[0], a.values[0, 0])
+    assert torch.equal(picked[1], a.values[1, 1])
+    assert torch.equal(picked[2], a.values[2, 0])
+    with pytest.raises(ValueError, match=r"class 0 was not computed for samples \[2\]"):
+        a.select(0)
+    with pytest.raises(ValueError, match="class 1 was not computed for samples \\[0, 1\\]"):
+        a.contrast(2, 1)
+
+
+def test_select_errors():
+    a = make(k=2, classes=torch.tensor([[1, 1]] * 3))
+    with pytest.raises(ValueError, match="class 1 has several rows"):
+        a.select(1)
+    with pytest.raises(TypeError, match=r"class_id: expected an int, got 1\.0"):
+        a.select(1.0)
+    with pytest.raises(TypeError, match="class_id: expected an int, got True"):
+        a.select(True)
+
+
+def test_numpy():
+    a = make()
+    arr = a.numpy()
+    assert isinstance(arr, np.ndarray) and arr.shape == (3, 4, 2, 5)
+    np.testing.assert_array_equal(arr, a.values.numpy())
+
+
+@pytest.mark.parametrize("with_delta", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_save_load_round_trip(tmp_path, with_delta, dtype):
+    a = make(delta=with_delta, classes=torch.tensor([[3, 1, 0, 2]] * 3), dtype=dtype)
+    path = tmp_path / "a.safetensors"
+    a.save(path)
+    b = Attribution.load(path)
+    for name in ("values", "classes", "outputs"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert (b.delta is None) == (not with_delta)
+    if with_delta:
+        assert torch.equal(a.delta, b.delta)
+    assert b.method == a.method and b.params == a.params
+    assert os.listdir(tmp_path) == ["a.safetensors"]  # no temporary file left behind
+
+
+def test_save_real_result_and_overwrite(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    a = saliency.gradients(model, x, saliency.top_k(2), times_input=True)
+    path = str(tmp_path / "grads.safetensors")
+    saliency.gradients(model, x).save(path)
+    a.save(path)  # replaces the previous file
+    b = Attribution.load(path)
+    assert torch.equal(a.values, b.values) and b.delta is None
+    assert torch.equal(a.classes, b.classes)
+    assert b.params == a.params and b.params["classes"] == {"top_k": 2}
+
+
+def test_load_refuses_other_files(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="is not a saved Attribution"):
+        Attribution.load(path)
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    import saliency.attribution as module
+
+    a = make()
+    a.save(tmp_path / "a.safetensors")
+    before = (tmp_path / "a.safetensors").read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        make(k=1).save(tmp_path / "a.safetensors")
+    assert os.listdir(tmp_path) == ["a.safetensors"]
+    assert (tmp_path / "a.safetensors").read_bytes() == before
+
+
+def test_repr_is_a_summary():
+    a = make()
+    text = repr(a)
+    assert text.startswith("Attribution(method='integrated_gradients', values=[3, 4, 2, 5] float64")
+    assert "classes=[0, 1, 2, 3] for every sample" in text
+    assert "outputs=[3, 6]" in text and "max |delta|" in text and "steps=7" in text
+    assert "tensor(" not in text
+    b = make(k=2, classes=torch.tensor([[2, 0], [0, 2], [2, 1]]), delta=False)
+    assert "per sample ([3, 2]), first [2, 0]" in repr(b) and "delta=None" in repr(b)
+
+
+def test_metadata_is_readable_json(tmp_path):
+    from safetensors import safe_open
+
+    a = make()
+    a.save(tmp_path / "a.safetensors")
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "integrated_gradients"
+    assert json.loads(meta["params"])["steps"] == 7
