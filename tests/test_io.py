@@ -435,3 +435,27 @@ def test_palette_image_with_transparency_loads_quietly(tmp_path):
         warnings.simplefilter("error")
         (s,) = load_inputs([tmp_path / "p.png"]).samples
     assert s.tensor.shape == (3, 4, 4)
+
+
+def test_raw_inputs_of_bundled_models_load_as_the_models_expect(tmp_path):
+    """Raw files plus the LoadedModel's statistics reproduce the bundled held-out tensors."""
+    from saliency import models
+    from saliency.models import data
+
+    cancer = load_model("breast_cancer")
+    np.save(tmp_path / "cancer.npy", data.raw_split("breast_cancer").x_held_out[:16])
+    inputs = load_inputs(
+        [tmp_path / "cancer.npy"], shape=cancer.input_shape, mean=cancer.mean, std=cancer.std
+    )
+    expected, _ = models.held_out("breast_cancer", n=16)
+    torch.testing.assert_close(torch.stack([s.tensor for s in inputs.samples]), expected)
+
+    digits = load_model("digits")
+    raw = data.raw_split("digits").x_held_out[:16].reshape(16, 8, 8)
+    for i, image in enumerate(raw):  # 0..16 ink levels written as 8-bit grayscale PNGs
+        Image.fromarray(np.round(image * 255 / 16).astype(np.uint8)).save(tmp_path / f"{i:02}.png")
+    inputs = load_inputs([tmp_path], shape=digits.input_shape, mean=digits.mean, std=digits.std)
+    x = torch.stack([s.tensor for s in inputs.samples])
+    expected, _ = models.held_out("digits", n=16)
+    torch.testing.assert_close(x, expected, atol=0.01, rtol=0)
+    assert torch.equal(digits.model(x).argmax(1), digits.model(expected).argmax(1))
