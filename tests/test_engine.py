@@ -357,3 +357,12 @@ def test_auto_measures_once_per_model_and_shape(monkeypatch):
     saliency.class_jacobian(model, torch.cat([x, x]))  # another shape: measured again
     assert len(calls) == 2
     assert evaluate(model, x).strategy in {"loop", "vmap", "replicate", "forward", "head"}
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "replicate"])
+def test_per_sample_ids_follow_rows_under_budget(strategy):
+    model, x = make("mlp", torch.float64, batch=6)
+    ids = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 3]])
+    ref = oracle(model, x)[torch.arange(6)[:, None], ids]
+    J = saliency.class_jacobian(model, x, ids, strategy=strategy, max_memory=3000)
+    torch.testing.assert_close(J, ref, atol=1e-10, rtol=1e-10)
