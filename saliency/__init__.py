@@ -6,7 +6,7 @@ methods, pictures and audits are layers above it.
 
 from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
-from .methods import gradients
+from .methods import gradients, integrated_gradients
 from .targets import contrast, top_k
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "class_jacobian",
     "contrast",
     "gradients",
+    "integrated_gradients",
     "iter_class_jacobian",
     "top_k",
 ]

@@ -4,5 +4,6 @@ One method per module; :func:`smoothgrad` wraps any of them.
 """
 
 from .gradients import gradients
+from .integrated_gradients import integrated_gradients
 
-__all__ = ["gradients"]
+__all__ = ["gradients", "integrated_gradients"]
