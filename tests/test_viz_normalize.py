@@ -8,7 +8,7 @@ import torch
 from captum.attr._utils.visualization import _cumulative_sum_threshold, _normalize_attr
 
 from saliency.viz import normalize
-from saliency.viz.normalize import mass_threshold
+from saliency.viz.thresholds import mass_threshold, percentile_threshold
 
 
 def test_percentile_threshold_matches_hand_computation() -> None:
@@ -35,8 +35,36 @@ def test_mass_threshold_matches_captum_convention() -> None:
     for trial in range(20):
         mag = np.abs(rng.standard_normal((7, 9)) ** 3)
         perc = float(rng.uniform(50, 100)) if trial else 98.0
-        ours = mass_threshold(mag[None], perc)[0, 0, 0]
+        ours = mass_threshold(mag.reshape(1, -1), perc)[0]
         assert ours == _cumulative_sum_threshold(mag, perc)
+
+
+def _large_maps() -> np.ndarray:
+    """Rows of 100x100 maps that stress the sampled bound: smooth, heavy-tailed, sparse, ties."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:100, :100]
+    smooth = np.exp(-((yy - 30.0) ** 2 + (xx - 60.0) ** 2) / 300.0)
+    heavy = np.abs(rng.standard_cauchy((100, 100)))
+    sparse = np.zeros((100, 100))
+    sparse[rng.integers(0, 100, 50), rng.integers(0, 100, 50)] = rng.random(50)
+    ties = np.round(rng.random((100, 100)) * 4) / 4
+    one_spike = np.full((100, 100), 1e-3)
+    one_spike[5, 5] = 1e6  # all the mass in one value
+    return np.stack([smooth, heavy, sparse, ties, one_spike]).reshape(5, -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("percentile", [0.0, 50.0, 90.0, 98.0, 99.0, 99.9, 100.0])
+def test_sampled_thresholds_of_large_maps_are_exact(percentile: float) -> None:
+    maps = _large_maps()
+    expected = np.percentile(maps, percentile, axis=1)
+    np.testing.assert_allclose(percentile_threshold(maps, percentile), expected, rtol=1e-6)
+    for row, ours in zip(maps, mass_threshold(maps, percentile), strict=True):
+        ordered = np.sort(row.astype(np.float64))
+        running = np.cumsum(ordered)
+        hits = np.flatnonzero(running >= running[-1] * 0.01 * percentile)
+        assert ours == ordered[hits[0] if hits.size else -1]  # Captum's rule, without its crash
+        if percentile < 100:  # at 100 Captum's own float rounding can leave no hit (IndexError)
+            assert ours == _cumulative_sum_threshold(row.astype(np.float64), percentile)
 
 
 @pytest.mark.parametrize("sign", ["positive", "absolute", "all", "negative"])

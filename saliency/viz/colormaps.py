@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["DIVERGING", "SEQUENTIAL", "colorize", "lookup_table"]
+__all__ = ["DIVERGING", "SEQUENTIAL", "blend_table", "colorize", "lookup_table"]
 
 SEQUENTIAL = "inferno"
 DIVERGING = "bwr"
@@ -46,6 +46,17 @@ def lookup_table(cmap: str, signed: bool = False) -> np.ndarray:
         positions = np.linspace(0.0, 1.0, 256)
     rgb = colormap(positions)[:, :3]
     table = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+@functools.lru_cache(maxsize=32)
+def blend_table(cmap: str, signed: bool, weight: int) -> np.ndarray:
+    """``(65536, 3)`` uint8: entry ``heat * 256 + luma`` is colour ``heat`` of ``cmap`` blended
+    over gray ``luma`` with weight ``weight / 256`` (rounded to nearest). Read-only, cached."""
+    colours = lookup_table(cmap, signed).astype(np.uint16)[:, None, :] * np.uint16(weight)
+    gray = np.arange(256, dtype=np.uint16)[None, :, None] * np.uint16(256 - weight)
+    table = ((colours + gray + np.uint16(128)) >> np.uint16(8)).astype(np.uint8).reshape(-1, 3)
     table.setflags(write=False)
     return table
 

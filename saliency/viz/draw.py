@@ -1,7 +1,6 @@
 """Pillow pictures: a heat map, a heat map over an image, and a labelled grid of pictures.
 
-The batch helpers (:func:`heat_pixels`, :func:`overlay_pixels`) do the array work for many maps at
-once; :mod:`saliency.viz.save` and :mod:`saliency.viz.figures` build on them.
+The array work behind them, for whole batches, is in :mod:`saliency.viz.paint`.
 
 Examples
 --------
@@ -19,14 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from saliency.viz.colormaps import DIVERGING, SEQUENTIAL, colorize
 from saliency.viz.images import to_numpy, to_rgb, to_rgb_batch
-from saliency.viz.normalize import normalize
+from saliency.viz.paint import heat_pixels, overlay_pixels
 
-__all__ = ["grid", "heat_pixels", "heatmap", "overlay", "overlay_pixels"]
+__all__ = ["grid", "heatmap", "overlay"]
 
 
 def heatmap(
@@ -134,76 +131,6 @@ def grid(
         offset = ((cell_w - tile.width) // 2, text_h + (cell_h - tile.height) // 2)
         canvas.paste(tile, (x + offset[0], y + offset[1]))
     return canvas
-
-
-def heat_pixels(
-    values: object,
-    *,
-    cmap: str | None = None,
-    sign: str = "absolute",
-    reduce: str | None = "sum",
-    clip: str | None = "percentile",
-    percentile: float = 99.0,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Coloured maps as uint8 ``(..., H, W, 3)``, normalised map by map (see :func:`heatmap`).
-
-    ``size`` is an ``(H, W)`` to resize the normalised maps to (bilinear) before colouring.
-    """
-    if reduce is None:
-        raise ValueError("reduce=None keeps channels, but a heat map needs one value per pixel")
-    norm = normalize(values, sign=sign, reduce=reduce, clip=clip, percentile=percentile)
-    if size is not None and tuple(norm.shape[-2:]) != tuple(size):
-        norm = _resize(norm, size)
-    signed = sign == "all"
-    if cmap is None:
-        cmap = DIVERGING if signed else SEQUENTIAL
-    return colorize(norm, cmap, signed=signed)
-
-
-def overlay_pixels(
-    images: np.ndarray,
-    values: object,
-    *,
-    alpha: float = 0.5,
-    grayscale_background: bool = True,
-    **heatmap_args: object,
-) -> np.ndarray:
-    """Blend maps over uint8 RGB images: ``(N, H, W, 3)`` images, ``(N, ...)`` maps.
-
-    ``images`` may also have one entry per several maps: with maps ``(N, K, ...)`` each image is
-    shared by its K maps and the result is ``(N, K, H, W, 3)``.
-    """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha={alpha!r}; expected a number in [0, 1]")
-    height, width = images.shape[-3:-1]
-    heat = heat_pixels(values, size=(height, width), **heatmap_args)
-    background = _gray(images) if grayscale_background else images
-    # Integer blend in 1/256 steps: exact endpoints, no float temporaries of the whole batch.
-    weight = round(float(alpha) * 256)
-    while background.ndim < heat.ndim:
-        background = background[:, None]
-    blended = heat.astype(np.uint16) * np.uint16(weight)
-    blended += background.astype(np.uint16) * np.uint16(256 - weight) + np.uint16(128)
-    blended >>= 8
-    return blended.astype(np.uint8)
-
-
-def _gray(images: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma (as PIL's ``convert("L")``) repeated into three channels."""
-    r, g, b = (images[..., i].astype(np.uint32) for i in range(3))
-    luma = ((r * 299 + g * 587 + b * 114 + 500) // 1000).astype(np.uint8)
-    return np.repeat(luma[..., None], 3, axis=-1)
-
-
-def _resize(norm: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    lead = norm.shape[:-2]
-    flat = norm.reshape(-1, *norm.shape[-2:])
-    out = np.empty((flat.shape[0], *size), dtype=np.float32)
-    for i, m in enumerate(flat):
-        picture = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32), mode="F")
-        out[i] = np.asarray(picture.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-    return out.reshape(*lead, *size)
 
 
 def _check_one_map(values: object) -> None:

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from saliency.viz.draw import heat_pixels, overlay_pixels
 from saliency.viz.images import image_maps, to_numpy, to_rgb_batch
 from saliency.viz.labels import class_label
+from saliency.viz.paint import heat_pixels, overlay_pixels
 
 __all__ = ["plot_classes", "plot_features"]
 

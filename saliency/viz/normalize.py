@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from saliency.viz.images import channel_axis, to_numpy
+from saliency.viz.thresholds import mass_threshold, percentile_threshold
 
-__all__ = ["SIGNS", "normalize"]
+__all__ = ["SIGNS", "normalize", "scaled_maps"]
 
 SIGNS = ("absolute", "positive", "negative", "all")
 _REDUCTIONS = ("sum", "abs_sum", "max_abs", None)
@@ -73,6 +74,28 @@ def normalize(
     ValueError
         For NaN or inf in ``values``, or an unknown option.
     """
+    maps, threshold = scaled_maps(
+        values, sign=sign, reduce=reduce, clip=clip, percentile=percentile
+    )
+    if sign == "all":
+        return np.clip(maps / threshold, -1.0, 1.0)
+    return np.minimum(maps / threshold, 1.0)
+
+
+def scaled_maps(
+    values: object,
+    *,
+    sign: str = "absolute",
+    reduce: str | None = "sum",
+    clip: str | None = "percentile",
+    percentile: float = 99.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The maps :func:`normalize` divides, and the per-map thresholds it divides them by.
+
+    The maps are float32: signed for ``sign="all"``, magnitudes otherwise; the thresholds are
+    positive float32 with the map axes kept as size 1. Colouring uses these directly to fold the
+    division into its index computation.
+    """
     _check_choice("sign", sign, SIGNS)
     _check_choice("reduce", reduce, _REDUCTIONS)
     _check_choice("clip", clip, _CLIPS)
@@ -84,77 +107,60 @@ def normalize(
             f"values has shape {tuple(arr.shape)}; expected a map (H, W), (C, H, W), (H, W, C) "
             "or a batch of them"
         )
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
-    finite = np.isfinite(arr)
+
+    if arr.ndim == 2 or reduce is None:
+        maps = arr
+        map_ndim = 2 if arr.ndim == 2 else 3
+        if arr.ndim > 2:
+            channel_axis(arr.shape, "values")
+    else:
+        axis = channel_axis(arr.shape, "values")
+        channels = [
+            arr[..., i, :, :] if axis == -3 else arr[..., i] for i in range(arr.shape[axis])
+        ]
+        if reduce != "sum":
+            channels = [np.abs(c) for c in channels]
+        combine = np.maximum if reduce == "max_abs" else np.add
+        maps = channels[0].copy()
+        for c in channels[1:]:
+            combine(maps, c, out=maps)
+        map_ndim = 2
+    # NaN and inf survive every reduction, so checking the (smaller) reduced maps suffices.
+    finite = np.isfinite(maps)
     if not finite.all():
-        bad = arr.size - int(finite.sum())
+        bad = int(np.isnan(arr).sum() + np.isinf(arr).sum())
         raise ValueError(
             f"values contains {bad} NaN or inf entries out of {arr.size}; expected finite "
             "attributions"
         )
 
-    if arr.ndim == 2:
-        maps, map_axes = arr, (-2, -1)
-    else:
-        axis = channel_axis(arr.shape, "values")
-        if reduce is None:
-            maps, map_axes = arr, (-3, -2, -1)
-        elif reduce == "sum":
-            maps, map_axes = arr.sum(axis=axis, dtype=np.float32), (-2, -1)
-        elif reduce == "abs_sum":
-            maps, map_axes = np.abs(arr).sum(axis=axis, dtype=np.float32), (-2, -1)
-        else:
-            maps, map_axes = np.abs(arr).max(axis=axis), (-2, -1)
-    maps = maps.astype(np.float32, copy=False)
-
-    if sign == "absolute":
+    if sign in ("absolute", "all"):
         magnitude = np.abs(maps)
     elif sign == "positive":
         magnitude = np.maximum(maps, 0)
-    elif sign == "negative":
-        magnitude = np.maximum(-maps, 0)
     else:
-        magnitude = np.abs(maps)
-
-    threshold = _threshold(magnitude, map_axes, clip, float(percentile))
-    if sign == "all":
-        return np.clip(maps / threshold, -1.0, 1.0)
-    return np.minimum(magnitude / threshold, 1.0)
+        magnitude = np.maximum(-maps, 0)
+    threshold = _threshold(magnitude, map_ndim, clip, float(percentile))
+    return (maps if sign == "all" else magnitude), threshold
 
 
-def _threshold(
-    magnitude: np.ndarray, map_axes: tuple[int, ...], clip: str | None, percentile: float
-) -> np.ndarray:
-    """One positive threshold per map, shaped to broadcast against ``magnitude``."""
-    top = magnitude.max(axis=map_axes, keepdims=True)
+def _threshold(magnitude: np.ndarray, map_ndim: int, clip: str | None, percentile: float):
+    """One positive threshold per map, with the map axes kept as size 1."""
+    lead = magnitude.shape[: magnitude.ndim - map_ndim]
+    flat = magnitude.reshape(-1, int(np.prod(magnitude.shape[-map_ndim:])))
+    top = flat.max(axis=1)
     if clip == "percentile":
-        t = np.percentile(magnitude, percentile, axis=map_axes, keepdims=True)
+        t = percentile_threshold(flat, percentile)
     elif clip == "mass":
-        t = mass_threshold(magnitude, percentile, ndim=len(map_axes))
+        t = mass_threshold(flat, percentile)
     else:
         t = top
     t = np.where(t > 0, t, top)
     # An all-zero map divides by 1 and stays zero.
-    return np.where(t > 0, t, 1.0).astype(np.float32)
-
-
-def mass_threshold(magnitude: np.ndarray, percentile: float, ndim: int = 2) -> np.ndarray:
-    """Smallest value whose cumulative sum (ascending) reaches ``percentile`` % of the total.
-
-    Thresholds are taken over the last ``ndim`` axes and returned with those axes kept as size 1.
-
-    >>> mass_threshold(np.array([[1.0, 2.0, 3.0, 4.0]]), 60.0, ndim=1)  # 1+2+3 = 6 >= 6
-    array([[3.]])
-    """
-    lead = magnitude.shape[: magnitude.ndim - ndim]
-    flat = np.sort(magnitude.reshape(*lead, -1), axis=-1)
-    cumulative = np.cumsum(flat, axis=-1, dtype=np.float64)
-    target = cumulative[..., -1:] * 0.01 * percentile
-    # cumulative is non-decreasing, so counting entries below the target finds the first >= it.
-    index = np.minimum((cumulative < target).sum(axis=-1, keepdims=True), flat.shape[-1] - 1)
-    t = np.take_along_axis(flat, index, axis=-1)
-    return t.reshape(*lead, *([1] * ndim))
+    t = np.where(t > 0, t, 1.0).astype(np.float32)
+    return t.reshape(*lead, *([1] * map_ndim))
 
 
 def _check_choice(name: str, value: object, choices: tuple) -> None:

@@ -7,9 +7,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from saliency.viz.draw import grid, heat_pixels
+from saliency.viz.draw import grid
 from saliency.viz.images import to_numpy
 from saliency.viz.labels import class_label
+from saliency.viz.paint import heat_pixels
 
 __all__ = ["attribution_png"]
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from saliency.viz.draw import overlay_pixels
 from saliency.viz.images import image_maps, to_numpy, to_rgb_batch
 from saliency.viz.labels import file_stem
+from saliency.viz.paint import backgrounds, color_indices, paint
 
 __all__ = ["save_overlays"]
 
@@ -132,14 +132,25 @@ def save_overlays(
     if options["format"] == "PNG":
         options["compress_level"] = int(compress_level)
     workers = workers or min(os.cpu_count() or 1, 8)
-    bar = _progress(len(paths), progress)
+    alpha = overlay_args.pop("alpha", 0.5)
+    cmap = overlay_args.pop("cmap", None)
+    background = backgrounds(pixels, overlay_args.pop("grayscale_background", True))
+    unknown = sorted(set(overlay_args) - {"sign", "reduce", "clip", "percentile"})
+    if unknown:
+        raise TypeError(f"save_overlays got unexpected keyword arguments {unknown}")
+    signed = overlay_args.get("sign") == "all"
+    size = pixels.shape[1:3]
     maps = values.reshape(n_samples * n_classes, *values.shape[2:])
+    bar = _progress(len(paths), progress)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: list[Future] = []
             for first in range(0, len(maps), _CHUNK):
                 rows = np.arange(first, min(first + _CHUNK, len(maps)))
-                coloured = overlay_pixels(pixels[rows // n_classes], maps[rows], **overlay_args)
+                indices = color_indices(maps[first : first + _CHUNK], size=size, **overlay_args)
+                coloured = paint(
+                    indices, background[rows // n_classes], cmap=cmap, signed=signed, alpha=alpha
+                )
                 # Wait for the previous chunk only now, so colouring overlaps with encoding.
                 _finish(pending, bar)
                 pending = [
