@@ -193,7 +193,13 @@ class Attribution:
         )
 
     # -- display ---------------------------------------------------------------------------
-    # saliency.viz attaches _repr_png_ for notebooks; repr stays text about shapes.
+    # Jupyter draws _repr_png_; repr stays text about shapes.
+    def _repr_png_(self) -> bytes | None:
+        """A small grid of heat maps (or feature bars): ``attr`` alone in a cell draws it."""
+        from saliency.viz.notebook import attribution_png  # viz sits above this module
+
+        return attribution_png(self)
+
     def __repr__(self) -> str:
         v = self.values
         dtype = str(v.dtype).removeprefix("torch.")

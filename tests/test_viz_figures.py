@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 
 import matplotlib
 import numpy as np
@@ -12,25 +11,20 @@ import torch
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from saliency import viz
+import saliency
+from saliency import Attribution, models, viz
 from saliency.viz.notebook import attribution_png
 
 matplotlib.use("Agg")
 
 
-@dataclass(frozen=True)
-class _Attribution:  # stand-in with the fields of saliency.Attribution
-    values: torch.Tensor
-    classes: torch.Tensor
-    outputs: torch.Tensor
-    method: str = "gradients"
-    params: dict = field(default_factory=dict)
-    delta: torch.Tensor | None = None
+def _attr(values: torch.Tensor, classes: torch.Tensor, outputs: torch.Tensor) -> Attribution:
+    return Attribution(values=values, classes=classes, outputs=outputs, method="gradients")
 
 
-def _image_attribution(b: int = 2, k: int = 3) -> _Attribution:
+def _image_attribution(b: int = 2, k: int = 3) -> Attribution:
     g = torch.Generator().manual_seed(0)
-    return _Attribution(
+    return _attr(
         values=torch.randn(b, k, 1, 8, 8, generator=g),
         classes=torch.arange(k).repeat(b, 1),
         outputs=torch.cat([torch.tensor([[1.5, -2.0, 0.25, 9.0], [0.5, 3.0, -1.0, 2.0]])] * b)[:b],
@@ -69,16 +63,14 @@ def test_plot_classes_without_images_shows_heat_maps() -> None:
     assert fig.get_suptitle() == "SmoothGrad"
 
 
-def _tabular() -> _Attribution:
+def _tabular() -> Attribution:
     values = torch.tensor(
         [
             [[0.5, -3.0, 1.0, 0.0], [1.0, 1.0, -1.0, 2.0]],
             [[1.5, -1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 2.0]],
         ]
     )
-    return _Attribution(
-        values=values, classes=torch.tensor([[0, 1], [0, 1]]), outputs=torch.ones(2, 2)
-    )
+    return _attr(values=values, classes=torch.tensor([[0, 1], [0, 1]]), outputs=torch.ones(2, 2))
 
 
 def test_plot_features_shows_top_signed_bars_of_the_mean() -> None:
@@ -102,9 +94,7 @@ def test_plot_features_one_sample_titles_with_score() -> None:
 
 def test_plot_features_refuses_to_average_different_classes() -> None:
     tab = _tabular()
-    mixed = _Attribution(
-        values=tab.values, classes=torch.tensor([[0, 1], [1, 0]]), outputs=tab.outputs
-    )
+    mixed = _attr(values=tab.values, classes=torch.tensor([[0, 1], [1, 0]]), outputs=tab.outputs)
     with pytest.raises(ValueError, match="pass sample="):
         viz.plot_features(mixed, ["a", "b", "c", "d"])
     with pytest.raises(ValueError, match="feature_names has 2 names"):
@@ -112,8 +102,27 @@ def test_plot_features_refuses_to_average_different_classes() -> None:
 
 
 @pytest.mark.parametrize("attribution", [_image_attribution(b=6, k=8), _tabular()])
-def test_notebook_picture_is_a_small_png(attribution: _Attribution) -> None:
-    data = attribution_png(attribution)
+def test_notebook_picture_is_a_small_png(attribution: Attribution) -> None:
+    data = attribution._repr_png_()
+    assert data == attribution_png(attribution)
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format == "PNG"
         assert max(picture.size) < 1200
+
+
+def test_notebook_picture_of_real_gradients() -> None:
+    model, _ = models.load("digits")
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    attribution = saliency.gradients(model, x, strategy="loop")  # [3, 10, 1, 8, 8]
+    with Image.open(io.BytesIO(attribution._repr_png_())) as picture:
+        # 3 rows of 6 classes (capped), 8x8 maps enlarged to 96x96 tiles.
+        assert picture.width > 6 * 96 and 3 * 96 < picture.height < 4 * 140
+    model, _ = models.load("breast_cancer")
+    x = torch.randn(2, 30, generator=torch.Generator().manual_seed(0))
+    assert attribution_png(saliency.gradients(model, x, strategy="loop")).startswith(b"\x89PNG")
+
+
+def test_notebook_picture_falls_back_to_text_for_nan() -> None:
+    attribution = _image_attribution(b=1, k=1)
+    attribution.values[0, 0, 0, 0, 0] = float("nan")
+    assert attribution._repr_png_() is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from saliency import viz
+from saliency import Attribution, viz
 
 
-@dataclass(frozen=True)
-class _Attribution:  # stand-in with the fields of saliency.Attribution
-    values: torch.Tensor
-    classes: torch.Tensor
-    outputs: torch.Tensor
-    method: str = "gradients"
-    params: dict = field(default_factory=dict)
-    delta: torch.Tensor | None = None
+def _attr(values: torch.Tensor, classes: torch.Tensor, outputs: torch.Tensor) -> Attribution:
+    return Attribution(values=values, classes=classes, outputs=outputs, method="gradients")
 
 
-def _attribution(b: int = 3, k: int = 2, h: int = 12, w: int = 10) -> _Attribution:
+def _attribution(b: int = 3, k: int = 2, h: int = 12, w: int = 10) -> Attribution:
     g = torch.Generator().manual_seed(0)
-    return _Attribution(
+    return _attr(
         values=torch.randn(b, k, 3, h, w, generator=g),
         classes=torch.tensor([[2, 0]] * b)[:, :k],
         outputs=torch.randn(b, 3, generator=g),
@@ -56,7 +49,7 @@ def test_without_class_names_ids_are_used_and_start_offsets_indices(tmp_path: Pa
 
 
 def test_grayscale_maps_and_channels_last_images(tmp_path: Path) -> None:
-    attribution = _Attribution(
+    attribution = _attr(
         values=torch.randn(2, 1, 8, 8), classes=torch.tensor([[1], [4]]), outputs=torch.zeros(2, 5)
     )
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

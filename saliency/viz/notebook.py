@@ -15,16 +15,26 @@ from saliency.viz.paint import heat_pixels
 __all__ = ["attribution_png"]
 
 
-def attribution_png(attribution: object, *, max_samples: int = 4, max_classes: int = 6) -> bytes:
+def attribution_png(
+    attribution: object, *, max_samples: int = 4, max_classes: int = 6
+) -> bytes | None:
     """PNG bytes of a small picture of ``attribution``: at most ``max_samples`` x ``max_classes``.
 
     Image maps (``values`` ``[B, K, C, H, W]`` or ``[B, K, H, W]``) become a grid of heat maps,
     one row per sample; tabular values ``[B, K, D]`` become bar charts of the first sample's
-    features (at most 10 per class).
+    features (at most 10 per class). Returns None, so that Jupyter falls back to the text repr,
+    for values it cannot draw (other shapes, NaN or inf).
     """
-    values = to_numpy(attribution.values, "attribution.values")
-    classes = to_numpy(attribution.classes, "attribution.classes")
-    values, classes = values[:max_samples, :max_classes], classes[:max_samples, :max_classes]
+    try:
+        return _picture(attribution, max_samples, max_classes)
+    except ValueError:
+        return None
+
+
+def _picture(attribution: object, max_samples: int, max_classes: int) -> bytes:
+    # Slice before converting: the values may be large, or on a GPU.
+    values = to_numpy(attribution.values[:max_samples, :max_classes], "attribution.values")
+    classes = to_numpy(attribution.classes[:max_samples, :max_classes], "attribution.classes")
     if values.ndim == 3:
         return _features_png(attribution, values, classes)
     if values.ndim == 4:
