@@ -109,6 +109,8 @@ def test_many_maps_in_several_chunks(tmp_path: Path) -> None:
     [
         ({"fmt": "gif"}, ValueError, "fmt='gif'"),
         ({"class_names": ["only one"]}, ValueError, "class_names has no entry for class 2"),
+        ({"workers": 0}, ValueError, "workers=0"),
+        ({"colour": "red"}, TypeError, "unexpected keyword arguments"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:

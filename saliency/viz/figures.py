@@ -5,14 +5,15 @@ without a display; in Jupyter a returned figure shows itself.
 
 Examples
 --------
->>> import torch
->>> from types import SimpleNamespace
->>> attribution = SimpleNamespace(                  # any object with these fields will do
-...     values=torch.randn(2, 3, 4), classes=torch.tensor([[0, 1, 2]] * 2),
-...     outputs=torch.randn(2, 3), method="gradients",
-... )
->>> fig = plot_features(attribution, ["age", "dose", "weight", "height"], top=3)
->>> len(fig.axes)
+>>> import torch, saliency
+>>> images = torch.rand(2, 3, 16, 16)                 # two RGB inputs in [0, 1]
+>>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+>>> fig = plot_classes(saliency.gradients(model, images, classes=[0, 3]), images)
+>>> len(fig.axes)                                    # 2 samples x 2 classes
+4
+>>> tabular = saliency.gradients(torch.nn.Linear(4, 3), torch.randn(8, 4))
+>>> fig = plot_features(tabular, ["age", "dose", "weight", "height"], top=3)
+>>> len(fig.axes)                                    # one chart per class
 3
 """
 

@@ -126,12 +126,14 @@ def save_overlays(
         for p in paths:
             if p.exists():
                 raise FileExistsError(f"{p} exists; pass overwrite=True to replace it")
-    out.mkdir(parents=True, exist_ok=True)
 
     options = {"format": _FORMATS[fmt.lower()]}
     if options["format"] == "PNG":
         options["compress_level"] = int(compress_level)
-    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8)
+    elif not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r}; expected a positive integer or None")
     alpha = overlay_args.pop("alpha", 0.5)
     cmap = overlay_args.pop("cmap", None)
     background = backgrounds(pixels, overlay_args.pop("grayscale_background", True))
@@ -141,6 +143,7 @@ def save_overlays(
     signed = overlay_args.get("sign") == "all"
     size = pixels.shape[1:3]
     maps = values.reshape(n_samples * n_classes, *values.shape[2:])
+    out.mkdir(parents=True, exist_ok=True)
     bar = _progress(len(paths), progress)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
