@@ -89,6 +89,8 @@ def save_overlays(
     list of pathlib.Path
         The files written, sample by sample, class by class.
 
+    Notes
+    -----
     Every file is written under a temporary name in ``out_dir`` and renamed into place, so a
     failure leaves no partial file; files finished before the failure stay.
     """
