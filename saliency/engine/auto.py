@@ -1,9 +1,11 @@
 """``strategy="auto"``: measure the candidate strategies once, then remember the fastest.
 
-The decision is cached per model (weakly), input shape, dtype, device, number of targets, output
-transform and budget. The first call times every candidate that fits the budget on the first row
-chunk; when there are many targets it times a sample of them and extrapolates, counting the shared
-forward pass once. Later calls with the same key go straight to the winner.
+The decision is cached per model (weakly), per-sample input shape, batch size (within a factor of
+two, so the chunks of SmoothGrad and IG share one decision), dtype, device, number of targets,
+output transform and budget. The first call times every candidate that fits the budget on up to
+128 rows of the first row chunk; when there are many targets it times a sample of them and
+extrapolates, counting the shared forward pass once. Later calls with the same key go straight
+to the winner.
 """
 
 from __future__ import annotations

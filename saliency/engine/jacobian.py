@@ -18,6 +18,10 @@ from .strategies import SHARED_FORWARD, STRATEGIES, Chunk
 __all__ = ["JacobianChunk", "JacobianResult", "class_jacobian", "evaluate", "iter_class_jacobian"]
 
 
+# Candidates are timed on at most this many rows: enough to rank them, cheap on a first call.
+_TRIAL_ROWS = 128
+
+
 class JacobianChunk(NamedTuple):
     """A streamed piece: ``class_ids`` ``[B, k]`` and their Jacobian ``values`` ``[B, k, *in]``."""
 
@@ -227,7 +231,8 @@ class _Engine:
     def _choose(self) -> str:
         p = self.p
         key = (
-            tuple(p.x.shape),
+            tuple(p.x.shape[1:]),
+            p.batch.bit_length(),  # batch sizes within a factor of two share a decision
             p.x.dtype,
             str(p.x.device),
             self.k,
@@ -244,7 +249,7 @@ class _Engine:
         return name
 
     def _trial(self, names: list[str]) -> str:
-        rows = slice(0, min(self._plan(n).rows for n in names))
+        rows = slice(0, min(_TRIAL_ROWS, *(self._plan(n).rows for n in names)))
         runs = {}
         for name in names:
 
