@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 
 from saliency import Attribution, viz
+from saliency.viz import save as save_module
+from saliency.viz.png import write_png
 
 
 def _attr(values: torch.Tensor, classes: torch.Tensor, outputs: torch.Tensor) -> Attribution:
@@ -71,14 +74,16 @@ def test_existing_files_are_not_overwritten_by_default(tmp_path: Path) -> None:
         assert picture.size == (10, 12)
 
 
-def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
-    def failing_save(self, fp, *args, **kwargs):
-        fp.write(b"\x89PNG half a picture")
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch, fmt: str) -> None:
+    def failing_write(fp, *args, **kwargs):
+        fp.write(b"half a picture")
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", failing_save)
+    monkeypatch.setattr(save_module, "write_png", failing_write)
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, **kw: failing_write(fp))
     with pytest.raises(OSError, match="disk full"):
-        viz.save_overlays(_attribution(), _images(), tmp_path, workers=1)
+        viz.save_overlays(_attribution(), _images(), tmp_path, fmt=fmt, workers=1)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -110,6 +115,7 @@ def test_many_maps_in_several_chunks(tmp_path: Path) -> None:
         ({"fmt": "gif"}, ValueError, "fmt='gif'"),
         ({"class_names": ["only one"]}, ValueError, "class_names has no entry for class 2"),
         ({"workers": 0}, ValueError, "workers=0"),
+        ({"compress_level": 10}, ValueError, "compress_level=10"),
         ({"colour": "red"}, TypeError, "unexpected keyword arguments"),
     ],
 )
@@ -121,3 +127,21 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, error: type, match: str) ->
 def test_image_count_must_match(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="images holds 2 images; expected one per sample"):
         viz.save_overlays(_attribution(), _images(b=2), tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 9, 3), (9, 1, 3), (37, 53, 3)])
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_png_writer_round_trips_exactly(shape: tuple, level: int) -> None:
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    write_png(buffer, pixels, level)
+    with Image.open(io.BytesIO(buffer.getvalue())) as picture:
+        picture.verify()  # chunk CRCs and structure
+    with Image.open(buffer) as picture:
+        assert picture.format == "PNG" and picture.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(picture), pixels)
+
+
+def test_png_writer_rejects_other_arrays() -> None:
+    with pytest.raises(ValueError, match=r"expected uint8 \(H, W, 3\)"):
+        write_png(io.BytesIO(), np.zeros((4, 4, 3), dtype=np.float32))

@@ -19,7 +19,7 @@ import numpy as np
 from saliency.viz.images import channel_axis, to_numpy
 from saliency.viz.thresholds import mass_threshold, percentile_threshold
 
-__all__ = ["SIGNS", "normalize", "scaled_maps"]
+__all__ = ["SIGNS", "check_options", "normalize", "scaled_maps"]
 
 SIGNS = ("absolute", "positive", "negative", "all")
 _REDUCTIONS = ("sum", "abs_sum", "max_abs", None)
@@ -96,11 +96,7 @@ def scaled_maps(
     positive float32 with the map axes kept as size 1. Colouring uses these directly to fold the
     division into its index computation.
     """
-    _check_choice("sign", sign, SIGNS)
-    _check_choice("reduce", reduce, _REDUCTIONS)
-    _check_choice("clip", clip, _CLIPS)
-    if not 0.0 <= float(percentile) <= 100.0:
-        raise ValueError(f"percentile={percentile!r}; expected a number in [0, 100]")
+    check_options(sign=sign, reduce=reduce, clip=clip, percentile=percentile)
     arr = to_numpy(values, "values")
     if arr.ndim < 2:
         raise ValueError(
@@ -161,6 +157,21 @@ def _threshold(magnitude: np.ndarray, map_ndim: int, clip: str | None, percentil
     # An all-zero map divides by 1 and stays zero.
     t = np.where(t > 0, t, 1.0).astype(np.float32)
     return t.reshape(*lead, *([1] * map_ndim))
+
+
+def check_options(
+    *,
+    sign: str = "absolute",
+    reduce: str | None = "sum",
+    clip: str | None = "percentile",
+    percentile: float = 99.0,
+) -> None:
+    """Raise ValueError naming the first of these :func:`normalize` options that is invalid."""
+    _check_choice("sign", sign, SIGNS)
+    _check_choice("reduce", reduce, _REDUCTIONS)
+    _check_choice("clip", clip, _CLIPS)
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"percentile={percentile!r}; expected a number in [0, 100]")
 
 
 def _check_choice(name: str, value: object, choices: tuple) -> None:
