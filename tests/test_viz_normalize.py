@@ -168,3 +168,13 @@ def test_bad_shape_names_values() -> None:
         normalize(np.ones(5))
     with pytest.raises(ValueError, match="values has shape"):
         normalize(np.ones((5, 6, 7)))
+
+
+def test_large_maps_match_numpy_percentile_end_to_end() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((2, 3, 128, 96)).astype(np.float32) ** 3  # heavy tails
+    out = normalize(values, percentile=99.5)
+    for m, o in zip(values, out, strict=True):
+        magnitude = np.abs(m.sum(axis=0))
+        expected = np.minimum(magnitude / np.percentile(magnitude, 99.5), 1.0)
+        np.testing.assert_allclose(o, expected, rtol=1e-5, atol=1e-6)
