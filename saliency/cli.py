@@ -179,11 +179,10 @@ def _explain_batch(batch: list[Sample], start, method, loaded, names, classes, a
     if args.save_values:
         planned.append(out / f"values_{start:06d}.safetensors")
     _check_free(planned, args.overwrite)
-    if all(s.image is not None for s in batch) and x.ndim == 4:
-        images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in batch]
+    if x.ndim == 4:  # images, or image-shaped tensors drawn under their own (undone) values
         written += viz.save_overlays(
             attr,
-            _resize_like(images, x),
+            _pictures(batch, x, mean, std),
             out,
             class_names=names,
             start=start,
@@ -270,6 +269,21 @@ def _enlarge(images: torch.Tensor) -> torch.Tensor:
     return images.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
 
 
+def _pictures(batch: list[Sample], x: torch.Tensor, mean, std) -> torch.Tensor:
+    """The pictures to draw overlays on, in [0, 1] at the model's input size."""
+    if all(s.image is not None for s in batch):
+        return _resize_like(
+            [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in batch], x
+        )
+    raw = x
+    if std is not None:
+        raw = raw * torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    if mean is not None:
+        raw = raw + torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    lo, hi = raw.amin(dim=(1, 2, 3), keepdim=True), raw.amax(dim=(1, 2, 3), keepdim=True)
+    return (raw - lo) / (hi - lo).clamp_min(1e-12)
+
+
 def _resize_like(images: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     size = x.shape[-2:]
     return torch.stack(
@@ -283,7 +297,7 @@ def _resize_like(images: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 def _check_free(paths: list[Path], overwrite: bool) -> None:
     taken = [str(p) for p in paths if p.exists()]
     if taken and not overwrite:
-        raise FileExistsError(f"{taken[0]} exists; pass --overwrite to replace existing outputs")
+        raise FileExistsError(f"{taken[0]} exists")
 
 
 def _save_image(image, path: Path) -> None:

@@ -202,3 +202,14 @@ def test_explain_does_not_overwrite_without_flag(tmp_path, monkeypatch, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert target.stat().st_mtime_ns == before
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_explain_image_shaped_tensor_file(tmp_path, capsys):
+    x, _ = models.held_out("digits", n=2)
+    _, info = models.load("digits")
+    raw = x.numpy() * info.std[0] + info.mean[0]
+    np.save(tmp_path / "digits.npy", raw.astype(np.float32))
+    out = tmp_path / "out"
+    args = ["explain", "digits", str(tmp_path / "digits.npy"), "--out", str(out), "--classes", "1"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["0_1.png", "1_1.png"]

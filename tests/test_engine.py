@@ -366,3 +366,13 @@ def test_per_sample_ids_follow_rows_under_budget(strategy):
     ref = oracle(model, x)[torch.arange(6)[:, None], ids]
     J = saliency.class_jacobian(model, x, ids, strategy=strategy, max_memory=3000)
     torch.testing.assert_close(J, ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "replicate"])
+def test_streamed_chunks_respect_the_budget(strategy):
+    model, x = make("cnn", torch.float32, batch=16)
+    budget = 60_000
+    chunks = list(saliency.iter_class_jacobian(model, x, strategy=strategy, max_memory=budget))
+    assert all(c.values.numel() * c.values.element_size() <= budget for c in chunks)
+    ref = saliency.class_jacobian(model, x, strategy="loop")
+    torch.testing.assert_close(torch.cat([c.values for c in chunks], 1), ref)

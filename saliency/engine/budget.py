@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Plan", "fits", "parse_memory", "plan"]
+__all__ = ["Plan", "parse_memory", "plan"]
 
 # Estimates are rough; keep a margin so that the real peak stays under the budget.
 _SAFETY = 1.5
@@ -110,50 +110,48 @@ def plan(
     budget: int | None,
     fixed: int,
     *,
+    per_col: int = 0,
     device: torch.device,
 ) -> Plan:
-    """The largest chunks whose working set, plus ``fixed`` bytes held throughout, fit ``budget``.
+    """The largest chunks that fit ``budget``.
 
+    Besides a chunk's working set, ``fixed`` bytes are held throughout (a result being filled)
+    and ``per_col`` bytes per class of the chunk (a streamed chunk that holds every row).
     Raises ``MemoryError`` naming ``max_memory`` when not even one row and one class fit.
     """
-    limit = budget if budget is not None else None
-    cap = default_cap(device) if budget is None else None
+
+    def need(r: int, k: int) -> float:
+        return fixed + per_col * k + working_set(strategy, sizes, r, k)
+
+    if budget is None:
+        if strategy == "loop":
+            return Plan(batch, n_cols)
+        # No budget: batched strategies are still sized, by a soft cap on their working set.
+        cap = default_cap(device)
+        k = _largest(lambda k: working_set(strategy, sizes, batch, k) <= cap, n_cols)
+        return Plan(batch, max(k, 1))
     r = batch
     while r >= 1:
-        k = _largest_cols(strategy, sizes, r, n_cols, limit, fixed, cap)
+        k = _largest(lambda k, r=r: need(r, k) <= budget, n_cols)
         if k:
             return Plan(r, k)
-        if limit is None:
-            break
-        r = r // 2 if r > 1 else 0
-    if limit is None:
-        return Plan(batch, 1)
-    need = fixed + working_set(strategy, sizes, 1, 1)
+        r //= 2
     raise MemoryError(
         f"max_memory={_human(budget)} is too small for strategy {strategy!r}: one sample and one "
-        f"class need about {_human(need)} (activations {_human(sizes.act)} per sample, "
-        f"input {_human(sizes.row)} per sample, {_human(fixed)} held for the result). Raise "
-        "max_memory, or use iter_class_jacobian to stream the result instead of holding it."
+        f"class need about {_human(need(1, 1))} (activations {_human(sizes.act)} per sample, "
+        f"input {_human(sizes.row)} per sample, {_human(fixed + per_col)} held for the result). "
+        "Raise max_memory; class_jacobian users can also stream with iter_class_jacobian."
     )
 
 
-def fits(strategy: str, sizes: Sizes, r: int, k: int, budget: int | None, fixed: int) -> bool:
-    """Whether a chunk of ``r`` rows and ``k`` classes fits the budget."""
-    return budget is None or fixed + working_set(strategy, sizes, r, k) <= budget
-
-
-def _largest_cols(strategy, sizes, r, n_cols, limit, fixed, cap) -> int:
-    if limit is None:
-        if strategy == "loop":
-            return n_cols
-        # No budget: only batched strategies are sized, by the soft cap.
-        limit, fixed = cap, 0
-    if fixed + working_set(strategy, sizes, r, 1) > limit:
+def _largest(ok, n: int) -> int:
+    """The largest ``k`` in ``1..n`` with ``ok(k)`` (``ok`` is monotone), or 0 if none."""
+    if not ok(1):
         return 0
-    lo, hi = 1, n_cols
+    lo, hi = 1, n
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fixed + working_set(strategy, sizes, r, mid) <= limit:
+        if ok(mid):
             lo = mid
         else:
             hi = mid - 1

@@ -203,12 +203,20 @@ class _Engine:
     # -- planning ---------------------------------------------------------------------------
     def _plan(self, name: str) -> Plan:
         cols = self.sizes.features if name == "forward" else self.k
-        held = 0 if self.stream else self.p.batch * self.k * self.sizes.row
-        if self.stream:
-            # The chunk handed out holds every row for its classes.
-            held = self.p.batch * self.sizes.row * (self.k if name == "forward" else 1)
+        whole = self.p.batch * self.sizes.row  # one class for every row
+        if not self.stream or name == "forward":
+            held, per_col = whole * self.k, 0  # the result (forward mode: all classes at once)
+        else:
+            held, per_col = 0, whole  # the chunk handed out holds every row of its classes
         return plan(
-            name, self.sizes, self.p.batch, cols, self.p.budget, held, device=self.p.x.device
+            name,
+            self.sizes,
+            self.p.batch,
+            cols,
+            self.p.budget,
+            held,
+            per_col=per_col,
+            device=self.p.x.device,
         )
 
     def _candidates(self) -> list[str]:
