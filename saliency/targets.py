@@ -81,6 +81,20 @@ class Rows:
         s = out.gather(1, self.ids)
         return s if self.neg is None else s - out.gather(1, self.neg)
 
+    def cotangents(self, out: torch.Tensor) -> torch.Tensor:
+        """One cotangent row per target, ``[K, B, C]``: ``d select(out)[:, k] / d out``.
+
+        Differentiating ``out`` against these rows directly keeps a gather out of every backward
+        pass.
+        """
+        n, c = out.shape
+        k = self.ids.shape[1]
+        cot = out.new_zeros(k, n, c)
+        cot.scatter_(2, self.ids.T.unsqueeze(2), 1.0)
+        if self.neg is not None:
+            cot.scatter_add_(2, self.neg.T.unsqueeze(2), out.new_full((k, n, 1), -1.0))
+        return cot
+
     def __getitem__(self, index: slice) -> Rows:
         neg = None if self.neg is None else self.neg[index]
         return Rows(self.ids[index], neg)

@@ -181,18 +181,16 @@ class _Engine:
         self.stream = stream
         self.info: Probe = probe(p.model, p.scores, p.transform, p.x)
         self.k = targets.count(p.classes, self.info.outputs, p.batch)
-        self.head = None
-        if self.info.head is not None:
-            self.head = self.info.head_module(p.model)
+        self._head = None
         one = p.x[0]
         self.sizes = Sizes(
             act=self.info.act,
             row=one.numel() * one.element_size(),
             features=one.numel(),
             classes=self.k,
-            width=self.head.in_features if self.head is not None else 0,
+            width=self.info.width,
         )
-        if p.strategy == "head" and self.head is None:
+        if p.strategy == "head" and self.info.head is None:
             raise ValueError(
                 "strategy='head' needs a model whose output is exactly the output of its last "
                 "nn.Linear layer (called once); use 'loop', 'vmap' or 'auto' for this model"
@@ -223,7 +221,7 @@ class _Engine:
         names = ["loop", "vmap", "replicate"]
         if self.sizes.features <= self.k and not self.p.create_graph:
             names.append("forward")
-        if self.head is not None and self.sizes.width < self.k and not self.p.create_graph:
+        if self.info.head is not None and self.sizes.width < self.k and not self.p.create_graph:
             names.append("head")
         fitting = []
         for name in names:
@@ -277,6 +275,13 @@ class _Engine:
             self._chunk("loop", rows)
 
         return auto.choose(runs, shared_forward, self.k)
+
+    @property
+    def head(self) -> torch.nn.Linear:
+        """The model's linear head (looked up only when the head strategy runs)."""
+        if self._head is None:
+            self._head = self.info.head_module(self.p.model)
+        return self._head
 
     # -- execution ---------------------------------------------------------------------------
     def _chunk(self, name: str, rows: slice) -> Chunk:

@@ -27,6 +27,7 @@ class Probe:
     act: int  # bytes saved for backward per sample
     outputs: int  # C, the number of model outputs
     head: str | None  # name of the final linear layer, if the output is exactly its output
+    width: int = 0  # features entering that layer
 
     def head_module(self, model: nn.Module) -> nn.Linear:
         """The head layer itself (the name keeps the cache from holding the model alive)."""
@@ -64,7 +65,8 @@ def _measure(model, scores, transform, x) -> Probe:
         act = max(two - one, 0) or one
     else:
         act = one
-    return Probe(act=act, outputs=n_out, head=head)
+    width = 0 if head is None else dict(model.named_modules())[head].in_features
+    return Probe(act=act, outputs=n_out, head=head, width=width)
 
 
 def _saved_bytes(model, scores, transform, x, n, exclude) -> tuple[int, str | None, int]:

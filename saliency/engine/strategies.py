@@ -41,21 +41,18 @@ class Chunk:
 
 
 def loop(c: Chunk, cols: slice) -> torch.Tensor:
-    s = c.rows.columns(cols).select(c.out)
-    ones = torch.ones_like(s[:, 0])
+    cot = c.rows.columns(cols).cotangents(c.out)
     grads = [
-        torch.autograd.grad(s[:, i], c.x, ones, retain_graph=True, create_graph=c.create_graph)[0]
-        for i in range(s.shape[1])
+        torch.autograd.grad(c.out, c.x, v, retain_graph=True, create_graph=c.create_graph)[0]
+        for v in cot
     ]
     return torch.stack(grads, 1)
 
 
 def vmap(c: Chunk, cols: slice) -> torch.Tensor:
-    s = c.rows.columns(cols).select(c.out)
-    k = s.shape[1]
-    basis = torch.eye(k, dtype=s.dtype, device=s.device).unsqueeze(1).expand(k, *s.shape)
+    cot = c.rows.columns(cols).cotangents(c.out)
     (g,) = torch.autograd.grad(
-        s, c.x, basis, retain_graph=True, create_graph=c.create_graph, is_grads_batched=True
+        c.out, c.x, cot, retain_graph=True, create_graph=c.create_graph, is_grads_batched=True
     )
     return g.transpose(0, 1)
 
@@ -106,10 +103,10 @@ def head(c: Chunk, cols: slice) -> torch.Tensor:
         jh = c.cache["jh"] = torch.stack(rows, 1)  # [r, F, D]
     hd = h.detach().requires_grad_()
     with torch.enable_grad():
-        s = c.rows.columns(cols).select(c.transform(F.linear(hd, c.head.weight, c.head.bias)))
-        k = s.shape[1]
-        basis = torch.eye(k, dtype=s.dtype, device=s.device).unsqueeze(1).expand(k, *s.shape)
-        (u,) = torch.autograd.grad(s, hd, basis, is_grads_batched=True)  # [k, r, F]
+        z = c.transform(F.linear(hd, c.head.weight, c.head.bias))
+        cot = c.rows.columns(cols).cotangents(z)
+        k = cot.shape[0]
+        (u,) = torch.autograd.grad(z, hd, cot, is_grads_batched=True)  # [k, r, F]
     return torch.bmm(u.transpose(0, 1).detach(), jh).view(r, k, *c.x.shape[1:])
 
 
