@@ -8,8 +8,10 @@ Chunk size. With ``max_memory``, the running sums (``held`` bytes) are set aside
 call gets the rest as its own budget, and a chunk holds as many rows as keep its result block under
 a quarter of that (the engine also needs the block twice over and the activations; it splits a
 call further when they do not fit). Without ``max_memory``, a chunk holds at most
-``DEFAULT_ROWS`` rows and ``DEFAULT_BLOCK`` bytes of result, but never fewer rows than the batch
-the caller passed.
+``DEFAULT_ROWS`` rows, ``DEFAULT_BLOCK`` bytes of result and ``DEFAULT_INPUT`` bytes of input.
+The input bound stands in for the saved activations, which grow with it: on a CPU, small chunks
+keep them in cache for the ``K`` backward passes that reread them (a 3x32x32 CNN ran its
+backward passes about 1.5x faster per image at 32 rows than at 512); a GPU wants large chunks.
 """
 
 from __future__ import annotations
@@ -18,22 +20,24 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_ROWS", "chunks", "plan_rows", "writable"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_INPUT", "DEFAULT_ROWS", "chunks", "plan_rows", "writable"]
 
-DEFAULT_ROWS = 2048
-DEFAULT_BLOCK = 256 * 10**6
+DEFAULT_ROWS = 1024
+DEFAULT_BLOCK = 64 * 10**6
+DEFAULT_INPUT = {"cpu": 10**6, "other": 64 * 10**6}
 
 
 def plan_rows(
-    budget: int | None, held: int, row_bytes: int, batch: int, total: int
+    budget: int | None, held: int, x: torch.Tensor, k: int, total: int
 ) -> tuple[int, int | None]:
-    """Rows per engine call and each call's ``max_memory``.
-
-    ``row_bytes`` is the size of one row of the result (``K * prod(input) * itemsize``).
-    """
+    """Rows per engine call and each call's ``max_memory``, for ``total`` rows of ``x``-like
+    inputs and ``k`` classes."""
+    input_bytes = x[0].numel() * x.element_size()
+    row_bytes = k * input_bytes  # one row of the result
     if budget is None:
-        rows = max(batch, min(DEFAULT_ROWS, DEFAULT_BLOCK // row_bytes))
-        return min(rows, total), None
+        cap = DEFAULT_INPUT["cpu" if x.device.type == "cpu" else "other"]
+        rows = min(DEFAULT_ROWS, DEFAULT_BLOCK // row_bytes, cap // input_bytes)
+        return max(1, min(rows, total)), None
     per_call = budget - held
     if per_call <= 0:
         raise MemoryError(

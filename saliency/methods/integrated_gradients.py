@@ -98,9 +98,8 @@ def integrated_gradients(
     b, k, shape = req.batch, req.k, x.shape[1:]
     diff = x - base
     total = torch.zeros(b, k, *shape, dtype=x.dtype, device=x.device)
-    row_bytes = k * x[0].numel() * x.element_size()
     held = total.numel() * x.element_size()
-    rows, budget = _stream.plan_rows(req.budget, held, row_bytes, b, steps * b)
+    rows, budget = _stream.plan_rows(req.budget, held, x, k, steps * b)
     for points, samples in _stream.chunks(steps, b, rows):
         m = points.stop - points.start
         a = alphas[points].view(m, 1, *[1] * len(shape))

@@ -120,7 +120,7 @@ def smoothgrad(
     b, k, shape, n = req.batch, req.k, x.shape[1:], n_samples
     block = b * k * x[0].numel() * x.element_size()
     held = block * (3 if variant == "var" else 1)
-    rows, budget = _stream.plan_rows(req.budget, held, block // b, b, n * b)
+    rows, budget = _stream.plan_rows(req.budget, held, x, k, n * b)
     # VarGrad sums deviations from the attribution at x, not raw values: sum-of-squares minus
     # squared sum would cancel catastrophically where the noise changes little.
     shift = None
