@@ -20,7 +20,7 @@ before the next). The later rounds are timed, rows in rotating order, and the me
 Threads: one by default, as in ``benchmarks/engine.py``: on a shared 2-core machine two intra-op
 threads stall whenever another process holds a core. ``--threads 0`` keeps torch's default.
 
-Run: ``python benchmarks/methods.py`` (about four minutes on 2 CPU cores; ``--help``).
+Run: ``python benchmarks/methods.py`` (about three minutes on 2 CPU cores; ``--help``).
 """
 
 from __future__ import annotations

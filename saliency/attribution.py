@@ -131,8 +131,9 @@ class Attribution:
         return self.select(a) - self.select(b)
 
     def numpy(self) -> np.ndarray:
-        """``values`` as a NumPy array on the CPU."""
-        return self.values.detach().cpu().numpy()
+        """``values`` as a NumPy array on the CPU (bfloat16, which NumPy lacks, as float32)."""
+        values = self.values.detach().cpu()
+        return (values.float() if values.dtype == torch.bfloat16 else values).numpy()
 
     # -- storage ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

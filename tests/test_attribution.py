@@ -99,6 +99,8 @@ def test_numpy():
     arr = a.numpy()
     assert isinstance(arr, np.ndarray) and arr.shape == (3, 4, 2, 5)
     np.testing.assert_array_equal(arr, a.values.numpy())
+    half = make(dtype=torch.bfloat16).numpy()
+    assert half.dtype == np.float32 and half.shape == (3, 4, 2, 5)
 
 
 @pytest.mark.parametrize("with_delta", [True, False])
