@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -147,12 +148,22 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     a.save(tmp_path / "a.safetensors")
     before = (tmp_path / "a.safetensors").read_bytes()
 
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half")
-        raise OSError("disk full")
+    class Full:
+        def __init__(self, f):
+            self.f = f
 
-    monkeypatch.setattr(module, "save_file", broken)
+        def write(self, data):  # part of the bytes land, then the disk is full
+            self.f.write(data[:10])
+            raise OSError("disk full")
+
+    real_atomic = module.atomic_write
+
+    @contextlib.contextmanager
+    def atomic_then_full(path, mode="wb"):
+        with real_atomic(path, mode) as f:
+            yield Full(f)
+
+    monkeypatch.setattr(module, "atomic_write", atomic_then_full)
     with pytest.raises(OSError, match="disk full"):
         make(k=1).save(tmp_path / "a.safetensors")
     assert os.listdir(tmp_path) == ["a.safetensors"]

@@ -15,7 +15,6 @@ Examples
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from saliency._atomic import atomic_write
 from saliency.viz.colormaps import lookup_table
 from saliency.viz.images import image_maps, to_numpy, to_rgb_batch
 from saliency.viz.labels import file_stem
@@ -195,17 +195,11 @@ def save_overlays(
 
 
 def _write_atomic(path: Path, pixels: np.ndarray, options: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never reuse a name; default permissions (umask).
-            if options["format"] == "PNG":
-                write_png(f, pixels, options["compress_level"])
-            else:
-                Image.fromarray(pixels).save(f, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        if options["format"] == "PNG":
+            write_png(f, pixels, options["compress_level"])
+        else:
+            Image.fromarray(pixels).save(f, **options)
 
 
 def _progress(total: int, enabled: bool) -> object:
