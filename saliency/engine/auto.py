@@ -20,7 +20,11 @@ __all__ = ["choose", "forget"]
 
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TRIAL_TARGETS = 32  # at most this many targets are timed per candidate
-_ROUNDS = 3  # timed rounds after the warm-up, when the candidates are quick
+_ROUNDS = 3  # timed rounds after the warm-up, at least, when the candidates are quick
+# Quick candidates get more rounds, until each has run this long: a millisecond-scale candidate
+# is the size of one burst of load on a shared machine, so three rounds are not enough there.
+_SPEND = 0.05
+_MAX_ROUNDS = 25
 _SLOW = 2.0  # seconds: when all warm-ups together take longer, their times are used as they are
 
 
@@ -68,10 +72,15 @@ def choose(runs: dict[str, Callable[[int], None]], forward: Callable[[], None], 
             continue  # e.g. an op without a vmap or forward-mode rule
     # Interleave the timed rounds so that a burst of load on a shared machine hits every
     # candidate alike; keep each candidate's fastest round.
-    rounds = _ROUNDS if sum(best.values()) < _SLOW else 0
-    for _ in range(rounds):
-        for name in best:
-            best[name] = min(best[name], _once(jobs[name]))
+    if sum(best.values()) < _SLOW:
+        spent = dict.fromkeys(best, 0.0)
+        for done in range(_MAX_ROUNDS):
+            if done >= _ROUNDS and min(spent.values()) >= _SPEND:
+                break
+            for name in best:
+                t = _once(jobs[name])
+                best[name] = min(best[name], t)
+                spent[name] += t
     t_fwd = best.pop("_forward", 0.0)
     costs = {}
     for name, t in best.items():

@@ -81,7 +81,8 @@ def working_set(strategy: str, sizes: Sizes, r: int, k: int) -> float:
     a, x = sizes.act, sizes.row
     block = r * k * x
     if strategy == "loop":
-        return _SAFETY * (r * (2 * a + 2 * x)) + 2 * block
+        # The graph, the backward's temporaries, one input gradient; the block is filled in place.
+        return _SAFETY * (r * (3 * a + 2 * x)) + block
     if strategy == "vmap":
         return _SAFETY * (r * a + k * r * (a + x)) + 2 * block
     if strategy == "replicate":
@@ -90,7 +91,7 @@ def working_set(strategy: str, sizes: Sizes, r: int, k: int) -> float:
         # k counts tangent features here; the block holds every class for every feature.
         return _SAFETY * (r * a + k * r * (a + x)) + 2 * r * sizes.classes * x
     if strategy == "head":
-        return _SAFETY * (r * (2 * a + 2 * x)) + r * sizes.width * x + 2 * block
+        return _SAFETY * (r * (3 * a + 2 * x)) + r * sizes.width * x + 2 * block
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

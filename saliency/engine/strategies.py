@@ -42,11 +42,23 @@ class Chunk:
 
 def loop(c: Chunk, cols: slice) -> torch.Tensor:
     cot = c.rows.columns(cols).cotangents(c.out)
-    grads = [
-        torch.autograd.grad(c.out, c.x, v, retain_graph=True, create_graph=c.create_graph)[0]
-        for v in cot
-    ]
-    return torch.stack(grads, 1)
+    if c.create_graph:
+        grad = torch.autograd.grad
+        rows = [grad(c.out, c.x, v, retain_graph=True, create_graph=True)[0] for v in cot]
+        return torch.stack(rows, 1)
+    return _rows_of(c.out, c.x, cot)
+
+
+def _rows_of(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
+    """``[r, k, *x.shape[1:]]``: one backward per cotangent row, each written straight into place.
+
+    Filling one preallocated block (rather than stacking a list of gradients) keeps the peak at
+    one block, not two, which matters when a memory budget sizes the blocks.
+    """
+    block = x.new_empty(x.shape[0], cot.shape[0], *x.shape[1:])
+    for i, v in enumerate(cot):
+        block[:, i] = torch.autograd.grad(out, x, v, retain_graph=True)[0]
+    return block
 
 
 def vmap(c: Chunk, cols: slice) -> torch.Tensor:
@@ -95,12 +107,8 @@ def head(c: Chunk, cols: slice) -> torch.Tensor:
     r, width = h.shape
     jh = c.cache.get("jh")
     if jh is None:
-        ones = torch.ones(r, dtype=h.dtype, device=h.device)
-        rows = [
-            torch.autograd.grad(h[:, f], c.x, ones, retain_graph=True)[0].reshape(r, -1)
-            for f in range(width)
-        ]
-        jh = c.cache["jh"] = torch.stack(rows, 1)  # [r, F, D]
+        basis = torch.eye(width, dtype=h.dtype, device=h.device).unsqueeze(1).expand(-1, r, -1)
+        jh = c.cache["jh"] = _rows_of(h, c.x, basis).view(r, width, -1)  # [r, F, D]
     hd = h.detach().requires_grad_()
     with torch.enable_grad():
         z = c.transform(F.linear(hd, c.head.weight, c.head.bias))
