@@ -19,6 +19,8 @@ __all__ = ["Plan", "parse_memory", "plan"]
 
 # Estimates are rough; keep a margin so that the real peak stays under the budget.
 _SAFETY = 1.5
+# Allocators keep some freed blocks resident, so chunks are planned for 90% of the budget.
+_HEADROOM = 0.9
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
@@ -133,7 +135,7 @@ def plan(
         return Plan(batch, max(k, 1))
     r = batch
     while r >= 1:
-        k = _largest(lambda k, r=r: need(r, k) <= budget, n_cols)
+        k = _largest(lambda k, r=r: need(r, k) <= _HEADROOM * budget, n_cols)
         if k:
             return Plan(r, k)
         r //= 2

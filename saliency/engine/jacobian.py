@@ -127,14 +127,17 @@ def evaluate(
     engine = _Engine(p, stream=False)
     if p.create_graph or engine.single_block:
         pieces = list(engine.row_chunks())
-        values = torch.cat([v for _, _, v, _ in pieces]) if len(pieces) > 1 else pieces[0][2]
+        values = _joined([v for _, _, v, _ in pieces])
     else:
         # Fill one preallocated result block by block: the budget counts it once.
         values = x.new_empty(x.shape[0], engine.k, *x.shape[1:])
         pieces = list(engine.row_chunks(into=values))
-    ids = torch.cat([i for _, i, _, _ in pieces])
-    outs = torch.cat([o for _, _, _, o in pieces])
+    ids, outs = _joined([i for _, i, _, _ in pieces]), _joined([o for _, _, _, o in pieces])
     return JacobianResult(values, ids, outs, engine.strategy)
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def iter_class_jacobian(
