@@ -376,3 +376,13 @@ def test_streamed_chunks_respect_the_budget(strategy):
     assert all(c.values.numel() * c.values.element_size() <= budget for c in chunks)
     ref = saliency.class_jacobian(model, x, strategy="loop")
     torch.testing.assert_close(torch.cat([c.values for c in chunks], 1), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cuda_matches_cpu(strategy):
+    model, x = make("cnn", torch.float32, batch=4)
+    ref = saliency.class_jacobian(model, x, strategy="loop")
+    J = saliency.class_jacobian(model.cuda(), x.cuda(), strategy=strategy, max_memory="64MB")
+    assert J.device.type == "cuda"
+    torch.testing.assert_close(J.cpu(), ref, atol=1e-5, rtol=1e-5)
