@@ -226,7 +226,7 @@ def test_budget_splits_rows_and_keeps_per_sample_kwargs_aligned():
     scale = torch.arange(1, 9, dtype=torch.float64)
     offset = torch.ones(3, dtype=torch.float64)  # not per-sample: passes through whole
     J = saliency.class_jacobian(
-        model, x, strategy="loop", max_memory=4000, scale=scale, offset=offset
+        model, x, strategy="loop", max_memory=1500, scale=scale, offset=offset
     )
     expected = lin.weight.expand(8, 3, 4) * scale[:, None, None]
     torch.testing.assert_close(J, expected)
@@ -386,3 +386,75 @@ def test_cuda_matches_cpu(strategy):
     J = saliency.class_jacobian(model.cuda(), x.cuda(), strategy=strategy, max_memory="64MB")
     assert J.device.type == "cuda"
     torch.testing.assert_close(J.cpu(), ref, atol=1e-5, rtol=1e-5)
+
+
+# -- regressions found in review -----------------------------------------------------------------
+
+
+def test_swapping_the_head_or_changing_the_output_width_is_seen():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(5, 4)
+    assert saliency.class_jacobian(model, x).shape == (5, 3, 4)
+    model[2] = nn.Linear(8, 10)
+    assert saliency.class_jacobian(model, x).shape == (5, 10, 4)
+    doubled = saliency.class_jacobian(model, x, output=lambda o: torch.cat([o, -o], 1))
+    assert doubled.shape == (5, 20, 4)
+    torch.testing.assert_close(doubled[:, 10:], -doubled[:, :10])
+
+
+def test_batchnorm_without_running_stats_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    model = nn.Sequential(*model, nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
+    with pytest.raises(ValueError, match="track_running_stats"):
+        saliency.class_jacobian(model, torch.randn(3, 1, 6, 6))
+
+
+def test_bound_forward_of_training_batchnorm_is_refused_and_stats_untouched():
+    model = cnn().train()
+    before = model[1].running_mean.clone()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        saliency.class_jacobian(model.forward, torch.randn(3, 2, 6, 6))
+    assert torch.equal(model[1].running_mean, before)
+
+
+def test_probe_counts_rows_not_the_whole_batch():
+    from saliency.engine.probe import probe
+
+    lin = nn.Linear(512, 1)
+    p_small = probe(lin, lambda t, rows: lin(t), torch.randn(4, 512))
+    other = nn.Linear(512, 1)
+    p_large = probe(other, lambda t, rows: other(t), torch.randn(256, 512))
+    assert p_large.act <= 2 * p_small.act
+
+
+def test_auto_reports_why_when_every_strategy_fails():
+    class Broken(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("no backward here")
+
+    lin = nn.Linear(3, 2)
+    with pytest.raises(RuntimeError, match="every candidate") as info:
+        saliency.class_jacobian(lambda t: lin(Broken.apply(t)), torch.randn(2, 3))
+    assert "no backward here" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_budget_is_refused(bad):
+    with pytest.raises(ValueError, match="max_memory"):
+        saliency.class_jacobian(nn.Linear(3, 2), torch.randn(2, 3), max_memory=bad)
+
+
+def test_create_graph_must_be_a_bool():
+    with pytest.raises(TypeError, match="create_graph"):
+        saliency.class_jacobian(nn.Linear(3, 2), torch.randn(2, 3), create_graph="no")
+
+
+def test_integer_scalar_output_is_refused_clearly():
+    with pytest.raises(TypeError, match="floating point"):
+        saliency.class_jacobian(lambda t: t.sum(1).long(), torch.randn(2, 3))

@@ -272,3 +272,18 @@ def test_streams_one_block_at_a_time():
     held = 6 * block
     assert len(rows) > 1 and sum(rows) == 60
     assert max(rows) * block <= (20_000 - held) / 4
+
+
+def test_shared_kwarg_as_long_as_the_noisy_batch_is_not_sliced():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 4)
+
+    def model(x, temp):
+        return lin(x) / temp
+
+    x, temp = torch.randn(2, 3), torch.tensor([1.0, 2.0, 3.0, 4.0])  # per class, not per sample
+    for method in (
+        lambda: saliency.smoothgrad(model, x, n_samples=2, seed=0, strategy="replicate", temp=temp),
+        lambda: saliency.integrated_gradients(model, x, steps=2, strategy="replicate", temp=temp),
+    ):
+        assert method().values.shape == (2, 4, 3)

@@ -9,12 +9,14 @@ from .jacobian import (
     evaluate,
     iter_class_jacobian,
 )
+from .problem import Shared
 from .strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
     "JacobianChunk",
     "JacobianResult",
+    "Shared",
     "class_jacobian",
     "evaluate",
     "forget_strategy_choices",

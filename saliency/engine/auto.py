@@ -66,12 +66,19 @@ def choose(runs: dict[str, Callable[[int], None]], forward: Callable[[], None], 
     if k_t < k:
         jobs["_forward"] = forward
     times: dict[str, list[float]] = {}
+    failure: Exception | None = None
     for name, job in jobs.items():  # warm-up, and drop candidates this model cannot run
         try:
             warm = _once(job)
-        except (RuntimeError, NotImplementedError):
-            continue  # e.g. an op without a vmap or forward-mode rule
+        except (RuntimeError, NotImplementedError) as error:
+            failure = error  # e.g. an op without a vmap or forward-mode rule
+            continue
         times[name] = [warm]
+    if not any(name in times for name in runs):
+        raise RuntimeError(
+            "strategy='auto': every candidate strategy failed on this model; the last error "
+            "follows. Name a strategy to see its own error."
+        ) from failure
     # Interleave the timed rounds so that a burst of load on a shared machine hits every
     # candidate alike, and compare medians: what a caller sees call after call.
     if sum(t[0] for t in times.values()) < _SLOW:
@@ -94,8 +101,6 @@ def choose(runs: dict[str, Callable[[int], None]], forward: Callable[[], None], 
             # forward mode always computes every target; the head's cost is its feature
             # Jacobian, which does not grow with the number of targets.
         costs[name] = t
-    if not costs:
-        raise RuntimeError("strategy='auto': every candidate strategy failed on this model")
     return min(costs, key=costs.get)
 
 

@@ -9,6 +9,7 @@ forward per row chunk is what every strategy shares) and then takes the largest 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ def parse_memory(value: int | float | str | None) -> int | None:
         raise TypeError(f"max_memory: expected bytes or a string like '2GB', got {value!r}")
     if isinstance(value, int | float):
         number, unit = float(value), ""
+        if not math.isfinite(number):
+            raise ValueError(f"max_memory: must be a finite size, got {value!r}")
     elif isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
         if not m or m.group(2).upper() not in _UNITS:

@@ -182,8 +182,8 @@ class _Engine:
     def __init__(self, p: Problem, *, stream: bool) -> None:
         self.p = p
         self.stream = stream
-        self.info: Probe = probe(p.model, p.scores, p.transform, p.x)
-        self.k = targets.count(p.classes, self.info.outputs, p.batch)
+        self.info: Probe = probe(p.model, p.scores, p.x)
+        self.k = targets.count(p.classes, self.info.outputs(p.transform), p.batch)
         self._head = None
         one = p.x[0]
         self.sizes = Sizes(

@@ -11,9 +11,31 @@ from torch import nn
 from .. import targets
 from .budget import parse_memory
 
-__all__ = ["Problem", "make_problem"]
+__all__ = ["Problem", "Shared", "make_problem"]
 
 OUTPUTS = ("logits", "softmax", "log_softmax")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A forward keyword argument that is the same for every sample, whatever its length.
+
+    Tensors whose first dimension equals the batch size are taken as per-sample and follow the
+    rows when a call is chunked; wrap a shared tensor that happens to have that length.
+
+    Examples
+    --------
+    >>> import torch, saliency
+    >>> from saliency.engine import Shared
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> def model(x, scale):
+    ...     return lin(x) * scale
+    >>> x, scale = torch.randn(2, 3), torch.tensor([1.0, 10.0])  # per class, not per sample
+    >>> saliency.class_jacobian(model, x, scale=Shared(scale)).shape
+    torch.Size([2, 2, 3])
+    """
+
+    value: object
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,8 @@ class Problem:
 
     def _rows(self, value: object, rows: slice, repeats: int) -> object:
         # Per-sample tensors (first dimension B) follow the rows; everything else passes through.
+        if isinstance(value, Shared):
+            return value.value
         if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == self.batch:
             value = value[rows]
             if repeats > 1:
@@ -82,6 +106,8 @@ def make_problem(
             f"strategy={strategy!r} does not support create_graph=True; "
             "use 'loop', 'vmap', 'replicate' or 'auto'"
         )
+    if not isinstance(create_graph, bool):
+        raise TypeError(f"create_graph: expected True or False, got {create_graph!r}")
     return Problem(
         model=model,
         x=x,
@@ -90,7 +116,7 @@ def make_problem(
         output=output,
         strategy=strategy,
         budget=parse_memory(max_memory),
-        create_graph=bool(create_graph),
+        create_graph=create_graph,
         kwargs=dict(kwargs),
     )
 
@@ -98,17 +124,26 @@ def make_problem(
 def _check_model(model: Callable) -> None:
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
-    if isinstance(model, nn.Module):
+    # A bound method (model.forward) or a partial carries the module it runs.
+    owner = getattr(model, "__self__", None)
+    if owner is None:
+        owner = getattr(getattr(model, "func", None), "__self__", None)
+    module = model if isinstance(model, nn.Module) else owner
+    if isinstance(module, nn.Module):
+        # Training mode, or no running statistics to use: either way batch statistics couple
+        # the samples.
         coupled = [
             name
-            for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and (m.training or m.running_mean is None)
         ]
         if coupled:
             raise ValueError(
-                f"model: is in training mode and contains BatchNorm ({', '.join(coupled[:3])}), "
-                "which couples the samples of a batch, so per-sample Jacobian rows would be "
-                "wrong. Call model.eval() first."
+                f"model: contains BatchNorm using batch statistics ({', '.join(coupled[:3])}): "
+                "training mode, or track_running_stats=False. It couples the samples of a batch, "
+                "so per-sample Jacobian rows would be wrong. Call model.eval() first (with "
+                "running statistics)."
             )
 
 
@@ -162,6 +197,8 @@ def _as_scores(raw: object, n: int) -> torch.Tensor:
             f"model: must return a tensor of scores [B, C], got {type(raw).__name__}; wrap a model "
             "that returns a tuple or dict so that it returns the logits"
         )
+    if not raw.is_floating_point():
+        raise TypeError(f"model: output must be floating point, got dtype {raw.dtype}")
     if raw.ndim == 1 and raw.shape[0] == n:
         return raw.unsqueeze(1)
     if raw.ndim != 2 or raw.shape[0] != n:
@@ -170,8 +207,6 @@ def _as_scores(raw: object, n: int) -> torch.Tensor:
             "segmentation maps or other outputs of higher rank, wrap the model so that it returns "
             "one score per class, e.g. lambda x: model(x).mean(dim=(2, 3))"
         )
-    if not raw.is_floating_point():
-        raise TypeError(f"model: output must be floating point, got dtype {raw.dtype}")
     return raw
 
 

@@ -14,7 +14,7 @@ import torch
 from .. import targets
 from ..attribution import Attribution
 from ..engine import STRATEGIES
-from ..engine.problem import make_problem
+from ..engine.problem import Shared, make_problem
 
 __all__ = ["Request", "describe", "generator"]
 
@@ -70,6 +70,9 @@ class Request:
         for name, value in self.problem.kwargs.items():
             if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == self.batch:
                 value = value[samples].repeat(repeats, *([1] * (value.ndim - 1)))
+            elif isinstance(value, torch.Tensor):
+                # Shared at the caller's B; the engine sees more rows, so say so explicitly.
+                value = Shared(value)
             out[name] = value
         return out
 
