@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileExistsError as error:
         print(f"saliency {args.command}: error: {error} (use --overwrite)", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, TypeError, MemoryError) as error:
+    except (OSError, ValueError, TypeError, MemoryError) as error:
         print(f"saliency {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -53,6 +53,9 @@ def demo(args: argparse.Namespace) -> int:
     """All-class gradients, SmoothGrad and IG for held-out digits; overlays, a summary, the gap."""
     start = time.perf_counter()
     out = Path(args.out)
+    _check_out(out)
+    if args.samples < 1:
+        raise ValueError(f"--samples: expected a positive number of digits, got {args.samples}")
     out.mkdir(parents=True, exist_ok=True)
     model, info = models.load("digits")
     x, labels = models.held_out("digits", n=args.samples)
@@ -128,11 +131,19 @@ def explain(args: argparse.Namespace) -> int:
     method = _method(args)
     mean = args.mean if args.mean is not None else loaded.mean
     std = args.std if args.std is not None else loaded.std
+    _check_out(out)
+    size = tuple(args.size) if args.size else None
+    if size and loaded.input_shape and len(loaded.input_shape) == 3:
+        if size != tuple(loaded.input_shape[1:]):
+            raise ValueError(
+                f"--size {size[0]} {size[1]}: {loaded.source} takes inputs of shape "
+                f"{tuple(loaded.input_shape)}; leave --size out to use its own"
+            )
     paths, errors = find_inputs(args.inputs, recursive=args.recursive)
-    out.mkdir(parents=True, exist_ok=True)
     stream = iter_inputs(
         paths,
-        size=tuple(args.size) if args.size else None,
+        size=size,
+        channels=args.channels,
         mean=mean,
         std=std,
         shape=loaded.input_shape,
@@ -140,7 +151,17 @@ def explain(args: argparse.Namespace) -> int:
     )
     bar = _progress(len(paths), args.progress)
     index, written, batch = 0, [], []
+    first_shape = None
     for item in stream:
+        if not isinstance(item, InputError):
+            # One batch needs one shape: the first input sets it, the others must match.
+            first_shape = first_shape or tuple(item.tensor.shape)
+            if tuple(item.tensor.shape) != first_shape:
+                item = InputError(
+                    item.path,
+                    f"has shape {tuple(item.tensor.shape)} after loading, unlike the first "
+                    f"input's {first_shape}; pass --size H W and --channels N to make them agree",
+                )
         if isinstance(item, InputError):
             errors.append(item)
             _report(item)
@@ -168,11 +189,19 @@ def explain(args: argparse.Namespace) -> int:
 def _explain_batch(batch: list[Sample], start, method, loaded, names, classes, args, mean, std):
     out = Path(args.out)
     x = torch.stack([s.tensor for s in batch])
-    if classes is _DEFAULT_CLASSES:
-        with torch.no_grad():
-            n_out = loaded.model(x[:1]).reshape(1, -1).shape[1]
-        classes = top_k(3) if n_out > 3 else None
-    attr = method(loaded.model, x, classes, output=args.output, max_memory=args.max_memory)
+    try:
+        if classes is _DEFAULT_CLASSES:
+            with torch.no_grad():
+                n_out = loaded.model(x[:1]).reshape(1, -1).shape[1]
+            classes = top_k(3) if n_out > 3 else None
+        attr = method(loaded.model, x, classes, output=args.output, max_memory=args.max_memory)
+    except RuntimeError as error:  # the model itself refused the inputs
+        last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"MODEL: {loaded.source} failed on inputs of shape {tuple(x.shape[1:])} "
+            f"(e.g. {batch[0].name}): {last}. Check --size, --channels, --mean and --std."
+        ) from error
+    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     index_file = out / f"inputs_{start:06d}.json"
     planned = [index_file]
@@ -182,7 +211,7 @@ def _explain_batch(batch: list[Sample], start, method, loaded, names, classes, a
     if x.ndim == 4:  # images, or image-shaped tensors drawn under their own (undone) values
         written += viz.save_overlays(
             attr,
-            _pictures(batch, x, mean, std),
+            _enlarge(_pictures(batch, x, mean, std)),
             out,
             class_names=names,
             start=start,
@@ -233,6 +262,8 @@ def parse_classes(text: str) -> Classes:
         ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         ids = []
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--classes: each class once, got {text!r}")
     if not ids:
         raise ValueError(
             f"--classes: expected 'all', 'topN' or class ids like '3' or '1,5,7', got {text!r}"
@@ -294,6 +325,14 @@ def _resize_like(images: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     ).clamp(0, 1)
 
 
+def _check_out(out: Path) -> None:
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"--out: {str(folder)!r} is a file, not a folder")
+            break
+
+
 def _check_free(paths: list[Path], overwrite: bool) -> None:
     taken = [str(p) for p in paths if p.exists()]
     if taken and not overwrite:
@@ -318,6 +357,13 @@ def _progress(total: int, enabled: bool | None):
 
 
 # -- argument parsing -----------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -381,8 +427,16 @@ def _parser() -> argparse.ArgumentParser:
         "you trust)",
     )
     e.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="resize images to H W")
-    e.add_argument("--mean", nargs="+", type=float, help="per-channel mean to normalise with")
-    e.add_argument("--std", nargs="+", type=float, help="per-channel std to normalise with")
+    e.add_argument(
+        "--mean",
+        nargs="+",
+        type=float,
+        help="per-channel mean to normalise with, for pixels scaled to [0, 1] (bundled models "
+        "bring their own)",
+    )
+    e.add_argument(
+        "--std", nargs="+", type=float, help="per-channel std to normalise with (as --mean)"
+    )
     e.add_argument("--class-names", help="text file with one class name per line")
     e.add_argument("--key", help="tensor name inside a .safetensors input with several")
     e.add_argument(
@@ -395,7 +449,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n-samples", type=int, default=50, help="SmoothGrad samples (default 50)")
     e.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of range")
     e.add_argument("--seed", type=int, default=0, help="SmoothGrad seed (default 0)")
-    e.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default 32)")
+    e.add_argument("--batch-size", type=_positive, default=32, help="inputs per batch (default 32)")
+    e.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        help="convert images to 1 (grayscale) or 3 (RGB) channels (default: the model's, else "
+        "as stored)",
+    )
     e.add_argument("--max-memory", help="memory budget such as 2GB (default: none)")
     e.add_argument("--top", type=int, default=None, help="features shown per class (tabular)")
     e.add_argument("--save-values", action="store_true", help="also save raw attributions")

@@ -143,7 +143,7 @@ def test_explain_each_model_form(form, tmp_path, monkeypatch, capsys):
     assert main(args) == 0, capsys.readouterr().err
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == len(inputs) * 2
-    assert all(_valid_png(p) == (16, 16) for p in pngs)
+    assert all(_valid_png(p) == (96, 96) for p in pngs)  # small inputs are enlarged
     record = json.loads((out / "inputs_000000.json").read_text())
     assert [r["input"].endswith(f"img{i}.png") for i, r in enumerate(record)] == [True] * 3
     assert len(record[0]["classes"]) == 2
@@ -213,3 +213,32 @@ def test_explain_image_shaped_tensor_file(tmp_path, capsys):
     args = ["explain", "digits", str(tmp_path / "digits.npy"), "--out", str(out), "--classes", "1"]
     assert main(args) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png")) == ["0_1.png", "1_1.png"]
+
+
+def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    _images(tmp_path / "in", n=1)
+    (tmp_path / "taken").write_text("")
+    code = main(["explain", "digits", str(tmp_path / "in"), "--out", str(tmp_path / "taken")])
+    assert code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_inputs_of_another_shape_are_skipped_and_model_errors_are_named(
+    tmp_path, monkeypatch, capsys
+):
+    spec = _model_files(tmp_path, monkeypatch)["torchscript"]
+    folder = tmp_path / "in"
+    _images(folder, n=1)
+    Image.new("L", (20, 24)).save(folder / "z_gray.png")
+    out = tmp_path / "out"
+    code = main(["explain", *spec, str(folder), "--out", str(out), "--size", "16", "16"])
+    err = capsys.readouterr().err
+    assert code == 1 and "z_gray.png" in err and "--channels" in err
+    code = main(["explain", *spec, str(folder / "z_gray.png"), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "MODEL" in err and "Traceback" not in err
+    assert not (tmp_path / "o2").exists()  # nothing left behind
+
+
+def test_duplicate_class_ids_are_refused():
+    with pytest.raises(ValueError, match="--classes"):
+        parse_classes("1,1")
