@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["Classes", "Rows", "contrast", "resolve", "top_k"]
@@ -168,6 +169,8 @@ def _per_sample(ids: torch.Tensor, n: int, c: int, device: torch.device) -> torc
 
 
 def _as_id_tuple(value: object, name: str) -> tuple[int, ...]:
+    if isinstance(value, np.ndarray | np.integer):  # ids ported from NumPy code
+        value = torch.as_tensor(value)
     if isinstance(value, torch.Tensor):
         if value.ndim > 1:
             raise ValueError(f"{name}: expected an int or a 1-D tensor of ids, got {value.ndim}-D")

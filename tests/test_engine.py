@@ -458,3 +458,16 @@ def test_create_graph_must_be_a_bool():
 def test_integer_scalar_output_is_refused_clearly():
     with pytest.raises(TypeError, match="floating point"):
         saliency.class_jacobian(lambda t: t.sum(1).long(), torch.randn(2, 3))
+
+
+def test_numpy_class_ids_are_accepted():
+    import numpy as np
+
+    model, x = make("mlp", torch.float64)
+    ref = oracle(model, x)
+    J = saliency.class_jacobian(model, x, np.array([2, 0]))
+    torch.testing.assert_close(J, ref[:, [2, 0]])
+    per_sample = np.array([[1], [3], [0]])
+    J = saliency.class_jacobian(model, x, per_sample, max_memory=3000)
+    torch.testing.assert_close(J, ref[torch.arange(3)[:, None], torch.as_tensor(per_sample)])
+    assert saliency.class_jacobian(model, x, np.int64(1)).shape[1] == 1

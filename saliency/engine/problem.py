@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +107,8 @@ def make_problem(
             f"strategy={strategy!r} does not support create_graph=True; "
             "use 'loop', 'vmap', 'replicate' or 'auto'"
         )
+    if isinstance(classes, np.ndarray):  # ids ported from NumPy code
+        classes = torch.as_tensor(classes)
     if not isinstance(create_graph, bool):
         raise TypeError(f"create_graph: expected True or False, got {create_graph!r}")
     return Problem(

@@ -40,8 +40,8 @@ class Request:
         self.max_memory = max_memory
         self.strategy = strategy  # replaced by the engine's choice after the first call
         self.outputs = self.forward(self.x)
-        self.rows = targets.resolve(classes, self.outputs)
-        self.classes = classes
+        self.classes = self.problem.classes  # normalised at the door (NumPy ids become tensors)
+        self.rows = targets.resolve(self.classes, self.outputs)
         self.k = self.rows.ids.shape[1]
 
     @property
