@@ -11,10 +11,11 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -150,7 +151,31 @@ def explain(args: argparse.Namespace) -> int:
         key=args.key,
     )
     bar = _progress(len(paths), args.progress)
-    index, written, batch = 0, [], []
+    index, written = 0, []
+    for batch in _batches(stream, args.batch_size, errors):
+        x = torch.stack([s.tensor for s in batch])
+        with _model_errors(loaded, x, batch):
+            if classes is _DEFAULT_CLASSES:  # settled once, on the first batch
+                with torch.no_grad():
+                    n_out = loaded.model(x[:1]).reshape(1, -1).shape[1]
+                classes = top_k(3) if n_out > 3 else None
+            attr = method(loaded.model, x, classes, output=args.output, max_memory=args.max_memory)
+        written += _write_batch(attr, batch, x, index, loaded, names, args, mean, std)
+        index += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    print(f"Explained {index} input(s) with {args.method}; wrote {len(written)} file(s) to {out}/")
+    if errors:
+        print(f"{len(errors)} input(s) failed and were skipped:", file=sys.stderr)
+        for err in errors:
+            print(f"  {err.path}: {err.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _batches(stream, size: int, errors: list[InputError]) -> Iterator[list[Sample]]:
+    """Lists of up to ``size`` samples of one shape; inputs that failed go to ``errors``."""
+    batch: list[Sample] = []
     first_shape = None
     for item in stream:
         if not isinstance(item, InputError):
@@ -165,42 +190,31 @@ def explain(args: argparse.Namespace) -> int:
         if isinstance(item, InputError):
             errors.append(item)
             _report(item)
-        else:
-            batch.append(item)
-        if len(batch) == args.batch_size:
-            written += _explain_batch(batch, index, method, loaded, names, classes, args, mean, std)
-            index += len(batch)
-            bar.update(len(batch))
+            continue
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
             batch = []
     if batch:
-        written += _explain_batch(batch, index, method, loaded, names, classes, args, mean, std)
-        index += len(batch)
-        bar.update(len(batch))
-    bar.close()
-    print(f"Explained {index} input(s) with {args.method}; wrote {len(written)} file(s) to {out}/")
-    if errors:
-        print(f"{len(errors)} input(s) failed and were skipped:", file=sys.stderr)
-        for err in errors:
-            print(f"  {err.path}: {err.message}", file=sys.stderr)
-        return 1
-    return 0
+        yield batch
 
 
-def _explain_batch(batch: list[Sample], start, method, loaded, names, classes, args, mean, std):
-    out = Path(args.out)
-    x = torch.stack([s.tensor for s in batch])
+@contextlib.contextmanager
+def _model_errors(loaded: LoadedModel, x: torch.Tensor, batch: list[Sample]) -> Iterator[None]:
+    """Report a model that refuses its inputs as a usage error, not a traceback."""
     try:
-        if classes is _DEFAULT_CLASSES:
-            with torch.no_grad():
-                n_out = loaded.model(x[:1]).reshape(1, -1).shape[1]
-            classes = top_k(3) if n_out > 3 else None
-        attr = method(loaded.model, x, classes, output=args.output, max_memory=args.max_memory)
-    except RuntimeError as error:  # the model itself refused the inputs
+        yield
+    except RuntimeError as error:
         last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"MODEL: {loaded.source} failed on inputs of shape {tuple(x.shape[1:])} "
             f"(e.g. {batch[0].name}): {last}. Check --size, --channels, --mean and --std."
         ) from error
+
+
+def _write_batch(attr, batch: list[Sample], x, start, loaded, names, args, mean, std):
+    """Overlays (or feature charts), the batch's JSON index and optionally the raw values."""
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     index_file = out / f"inputs_{start:06d}.json"
