@@ -106,6 +106,11 @@ class Rows:
         return Rows(self.ids[:, index], neg)
 
 
+def is_per_sample(classes: Classes) -> bool:
+    """Whether ``classes`` is a ``[B, K]`` tensor of ids, one row per sample."""
+    return isinstance(classes, torch.Tensor) and classes.ndim == 2
+
+
 def count(classes: Classes, n_outputs: int, batch: int) -> int:
     """The number ``K`` of rows that ``classes`` asks for, before any output is seen."""
     if classes is None:
@@ -114,7 +119,7 @@ def count(classes: Classes, n_outputs: int, batch: int) -> int:
         return classes.k
     if isinstance(classes, Contrast):
         return len(classes.a)
-    if isinstance(classes, torch.Tensor) and classes.ndim == 2:
+    if is_per_sample(classes):
         return classes.shape[1]
     return len(_as_id_tuple(classes, "classes"))
 
@@ -135,7 +140,7 @@ def resolve(classes: Classes, out: torch.Tensor) -> Rows:
     if isinstance(classes, Contrast):
         a, b = _shared(classes.a, n, c, device), _shared(classes.b, n, c, device)
         return Rows(a, b)
-    if isinstance(classes, torch.Tensor) and classes.ndim == 2:
+    if is_per_sample(classes):
         return Rows(_per_sample(classes, n, c, device), None)
     return Rows(_shared(_as_id_tuple(classes, "classes"), n, c, device), None)
 

@@ -258,19 +258,18 @@ class _Engine:
         return name
 
     def _trial(self, names: list[str]) -> str:
-        rows = slice(0, min(_TRIAL_ROWS, *(self._plan(n).rows for n in names)))
+        plans = {name: self._plan(name) for name in names}  # planned once, not per timed round
+        rows = slice(0, min(_TRIAL_ROWS, *(plan.rows for plan in plans.values())))
         runs = {}
         for name in names:
 
             def run(k_t: int, name: str = name) -> None:
-                chunk = self._chunk(name, rows)
-                cols = slice(0, k_t)
+                chunk, fn, step = self._chunk(name, rows), STRATEGIES[name], plans[name].cols
                 if name == "forward":
-                    STRATEGIES[name](chunk, self._plan(name).cols)
+                    fn(chunk, step)  # every target at once, ``step`` features per pass
                     return
-                step = self._plan(name).cols
                 for c0 in range(0, k_t, step):
-                    STRATEGIES[name](chunk, slice(c0, min(c0 + step, cols.stop)))
+                    fn(chunk, slice(c0, min(c0 + step, k_t)))
 
             runs[name] = run
 
@@ -322,7 +321,7 @@ class _Engine:
             with torch.no_grad():
                 out = p.forward(x.detach(), rows)
         classes = p.classes
-        if isinstance(classes, torch.Tensor) and classes.ndim == 2 and len(classes) == p.batch:
+        if targets.is_per_sample(classes) and len(classes) == p.batch:
             classes = classes[rows]  # per-sample ids follow their rows into the chunk
         chunk.rows = targets.resolve(classes, out.detach())
         chunk.cache["outputs"] = out.detach()
@@ -392,6 +391,6 @@ class _Engine:
 
 
 def _kind(classes: targets.Classes) -> str:
-    if isinstance(classes, torch.Tensor) and classes.ndim == 2:
+    if targets.is_per_sample(classes):
         return "per-sample"
     return type(classes).__name__
