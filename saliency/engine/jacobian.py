@@ -324,7 +324,7 @@ class _Engine:
         if targets.is_per_sample(classes) and len(classes) == p.batch:
             classes = classes[rows]  # per-sample ids follow their rows into the chunk
         chunk.rows = targets.resolve(classes, out.detach())
-        chunk.cache["outputs"] = out.detach()
+        chunk.outputs = out.detach()
         return chunk
 
     def _blocks(self, chunk: Chunk, cols: list[slice]) -> Iterator[torch.Tensor]:
@@ -368,7 +368,7 @@ class _Engine:
             else:
                 blocks = [self._finish(b) for b in self._blocks(chunk, cols)]
                 values = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
-            yield rows, chunk.rows.ids, values, chunk.cache["outputs"]
+            yield rows, chunk.rows.ids, values, chunk.outputs
 
     def class_chunks(self) -> Iterator[JacobianChunk]:
         """Chunks over classes holding every row (rows re-run per class chunk when split)."""

@@ -37,6 +37,7 @@ class Chunk:
     out: torch.Tensor | None = None  # shared forward's outputs [r, C], graph attached
     head_input: torch.Tensor | None = None  # what entered the linear head, graph attached
     head: nn.Linear | None = None
+    outputs: torch.Tensor | None = None  # the outputs at these rows, detached, for the caller
     cache: dict = field(default_factory=dict)
 
 
