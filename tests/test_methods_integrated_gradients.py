@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from captum.attr import IntegratedGradients
@@ -17,7 +15,7 @@ from captum.testing.helpers.classification_models import SigmoidModel, SoftmaxMo
 from torch import nn
 
 import saliency
-from saliency.methods import baselines
+from saliency.methods import _gradients, baselines
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
@@ -226,8 +224,7 @@ def test_uniform_and_blur_baselines_themselves():
 
 
 def test_chunked_equals_unchunked_and_streams():
-    # the package exports the function under the module's name: fetch the module itself
-    grad_module = importlib.import_module("saliency.methods.gradients")
+    grad_module = _gradients
     model = tanh_mlp(d=5, c=3)
     x = torch.randn(6, 5, dtype=torch.float64)
     full = saliency.integrated_gradients(model, x, steps=9, strategy="loop")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from captum.testing.helpers.basic_models import BasicModel_MultiLayer
 from torch import nn
 
 import saliency
+from saliency.methods import _gradients
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
@@ -118,7 +118,7 @@ def test_seeds_reproduce_and_differ_and_leave_the_global_rng_alone():
 
 @pytest.mark.parametrize("variant", ["mean", "squared", "var"])
 def test_chunked_equals_unchunked(variant):
-    grad_module = importlib.import_module("saliency.methods.gradients")
+    grad_module = _gradients
     model = tanh_mlp()
     x = torch.randn(6, 5, dtype=torch.float64)
     kw = {"n_samples": 5, "seed": 3, "variant": variant, "strategy": "loop"}
@@ -255,7 +255,7 @@ def test_bad_arguments(kwargs, error, match):
 
 
 def test_streams_one_block_at_a_time():
-    grad_module = importlib.import_module("saliency.methods.gradients")
+    grad_module = _gradients
     model = tanh_mlp()
     x = torch.randn(6, 5, dtype=torch.float64)
     rows = []

@@ -8,6 +8,7 @@ from .jacobian import (
     class_jacobian,
     evaluate,
     iter_class_jacobian,
+    outputs,
 )
 from .problem import Shared
 from .strategies import STRATEGIES
@@ -21,5 +22,6 @@ __all__ = [
     "evaluate",
     "forget_strategy_choices",
     "iter_class_jacobian",
+    "outputs",
     "parse_memory",
 ]

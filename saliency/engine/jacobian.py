@@ -15,7 +15,14 @@ from .probe import Probe, probe
 from .problem import Problem, make_problem
 from .strategies import SHARED_FORWARD, STRATEGIES, Chunk
 
-__all__ = ["JacobianChunk", "JacobianResult", "class_jacobian", "evaluate", "iter_class_jacobian"]
+__all__ = [
+    "JacobianChunk",
+    "JacobianResult",
+    "class_jacobian",
+    "evaluate",
+    "iter_class_jacobian",
+    "outputs",
+]
 
 
 # Candidates are timed on at most this many rows: enough to rank them, cheap on a first call.
@@ -168,6 +175,32 @@ def iter_class_jacobian(
     """
     p = _problem(model, x, classes, output, strategy, max_memory, create_graph, forward_kwargs)
     return _Engine(p, stream=True).class_chunks()
+
+
+def outputs(
+    model: Callable,
+    x: torch.Tensor,
+    *,
+    output: str | Callable = "logits",
+    **forward_kwargs,
+) -> torch.Tensor:
+    """The model's outputs ``[B, C]`` at ``x`` after ``output``, detached, with the engine's checks.
+
+    What the engine would differentiate, computed without a graph: methods that need the
+    outputs at ``x`` (to resolve ``top_k``, or for a completeness gap) get them here, with the
+    same guards and the same handling of ``output`` as :func:`class_jacobian`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saliency.engine import outputs
+    >>> model = torch.nn.Linear(4, 3)
+    >>> outputs(model, torch.randn(2, 4), output="softmax").sum(1)
+    tensor([1.0000, 1.0000])
+    """
+    p = _problem(model, x, None, output, "auto", None, False, forward_kwargs)
+    with torch.no_grad():
+        return p.forward(p.x.detach(), slice(0, p.batch)).detach()
 
 
 def _problem(model, x, classes, output, strategy, max_memory, create_graph, kwargs) -> Problem:

@@ -1,10 +1,11 @@
 """Explanation methods: thin layers over the class-Jacobian engine, each returning an Attribution.
 
-One method per module; :func:`smoothgrad` wraps any of them.
+One method per module, each following :class:`Method`; :func:`smoothgrad` wraps any of them.
 """
 
-from .gradients import gradients
-from .integrated_gradients import integrated_gradients
-from .smoothgrad import smoothgrad
+from ._contract import Method
+from ._gradients import gradients
+from ._integrated_gradients import integrated_gradients
+from ._smoothgrad import smoothgrad
 
-__all__ = ["gradients", "integrated_gradients", "smoothgrad"]
+__all__ = ["Method", "gradients", "integrated_gradients", "smoothgrad"]

@@ -11,8 +11,8 @@ import torch
 from .. import targets
 from ..attribution import Attribution
 from . import _stream
+from ._gradients import gradients
 from ._request import Request, generator
-from .gradients import gradients
 
 __all__ = ["smoothgrad"]
 

@@ -9,10 +9,10 @@ import torch
 from .. import targets
 from ..attribution import Attribution
 from . import _stream
+from ._gradients import gradients
 from ._quadrature import quadrature
 from ._request import Request, describe, generator
 from .baselines import make_baseline
-from .gradients import gradients
 
 __all__ = ["integrated_gradients"]
 
