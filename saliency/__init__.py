@@ -6,7 +6,7 @@ methods, pictures and audits are layers above it.
 
 from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
-from .methods import gradients, integrated_gradients, smoothgrad
+from .methods import gradcam, gradients, integrated_gradients, smoothgrad
 from .targets import contrast, top_k
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ __all__ = [
     "Attribution",
     "class_jacobian",
     "contrast",
+    "gradcam",
     "gradients",
     "integrated_gradients",
     "iter_class_jacobian",

@@ -191,9 +191,9 @@ def _as_id_tuple(value: object, name: str) -> tuple[int, ...]:
             raise ValueError(f"{name}: asks for no class at all (an empty list)")
         out = []
         for v in value:
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer):
                 raise TypeError(f"{name}: every id must be an int, got {v!r}")
-            out.append(v)
+            out.append(int(v))
         return tuple(out)
     raise TypeError(
         f"{name}: expected None, an int, a list or 1-D tensor of ids, a [B, K] id tensor, "

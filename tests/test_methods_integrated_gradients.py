@@ -15,7 +15,7 @@ from captum.testing.helpers.classification_models import SigmoidModel, SoftmaxMo
 from torch import nn
 
 import saliency
-from saliency.methods import _gradients, baselines
+from saliency.methods import _request, baselines
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
@@ -224,7 +224,7 @@ def test_uniform_and_blur_baselines_themselves():
 
 
 def test_chunked_equals_unchunked_and_streams():
-    grad_module = _gradients
+    grad_module = _request  # every engine call of a method goes through here
     model = tanh_mlp(d=5, c=3)
     x = torch.randn(6, 5, dtype=torch.float64)
     full = saliency.integrated_gradients(model, x, steps=9, strategy="loop")

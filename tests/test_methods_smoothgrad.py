@@ -242,7 +242,11 @@ def not_an_attribution(model, x, classes=None, **kwargs):
         ({"noise": 0.1, "noise_std": 0.2}, ValueError, "noise and noise_std: give one, not both"),
         ({"variant": "median"}, ValueError, "variant: expected one of .*got 'median'"),
         ({"method": "integrated_gradients"}, TypeError, "method: expected None or a method"),
-        ({"method": not_an_attribution}, TypeError, "method: expected a function like saliency"),
+        (
+            {"method": not_an_attribution},
+            TypeError,
+            "method: expected a method following saliency.methods.Method",
+        ),
         ({"seed": -1}, ValueError, "seed: expected None or a non-negative int, got -1"),
         ({"max_memory": 100}, MemoryError, "max_memory=100 bytes is too small"),
     ],

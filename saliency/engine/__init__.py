@@ -1,13 +1,16 @@
-"""The class-Jacobian engine: validation, chunk planning under a memory budget, strategies."""
+"""The class-Jacobian engine: validation, guards, planning under a memory budget, strategies."""
 
-from .auto import forget as forget_strategy_choices
 from .budget import parse_memory
+from .forward import GuardError
 from .jacobian import (
     JacobianChunk,
     JacobianResult,
     class_jacobian,
     evaluate,
+    forget_strategy_choices,
     iter_class_jacobian,
+    layer_name,
+    layer_output,
     outputs,
 )
 from .problem import Shared
@@ -15,6 +18,7 @@ from .strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
+    "GuardError",
     "JacobianChunk",
     "JacobianResult",
     "Shared",
@@ -22,6 +26,8 @@ __all__ = [
     "evaluate",
     "forget_strategy_choices",
     "iter_class_jacobian",
+    "layer_name",
+    "layer_output",
     "outputs",
     "parse_memory",
 ]

@@ -1,115 +1,139 @@
-"""``strategy="auto"``: measure the candidate strategies once, then remember the fastest.
+"""``strategy="auto"``: pick the fastest exact strategy without wasting the first call.
 
-The decision is cached per model (weakly), per-sample input shape, batch size (within a factor of
-two, so the chunks of SmoothGrad and IG share one decision), dtype, device, number of targets,
-output transform and budget. The first call times every candidate that fits the budget on up to
-128 rows of the first row chunk; when there are many targets it times a sample of them and
-extrapolates, counting the shared forward pass once. Later calls with the same key go straight
-to the winner.
+The decision is made once per model and situation and remembered (see :func:`decision_key`). Two
+steps, both reading the strategies' records:
+
+1. **Cost model.** Where one strategy needs far fewer passes, it is taken without timing: ``head``
+   when its width ``F`` is at most 0.8 of the ``K`` targets (``F`` backward passes instead of
+   ``K``), ``forward`` when the differentiated tensor has at most ``K / 2`` features (``D`` JVPs
+   instead of ``K`` VJPs, and a JVP costs about what a VJP does). ``replicate`` repeats the
+   forward pass ``K`` times to do ``vmap``'s batched backward, so it only stands in when ``vmap``
+   cannot run (an operator without a batching rule).
+2. **A race on the real work.** Otherwise ``loop`` and ``vmap`` (each a shared forward pass, then
+   the backward passes) split the first targets of the first row chunk between them: ``loop``
+   computes one target, ``vmap`` two, and, when that is promising, four more. Every block they
+   compute is part of the result, so the race wastes nothing; the winner computes the rest.
+   ``vmap``'s time per target at the full width is extrapolated from its two widths.
+
+With fewer than four targets there is nothing worth racing: ``loop`` on a CPU, ``vmap`` elsewhere.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 import weakref
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["choose", "forget"]
+__all__ = ["Race", "cached", "forget", "remember"]
 
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TRIAL_TARGETS = 32  # at most this many targets are timed per candidate
-_ROUNDS = 3  # timed rounds after the warm-up, at least, when the candidates are quick
-# Quick candidates get more rounds, until each has run this long: a millisecond-scale candidate
-# is the size of one burst of load on a shared machine, so three rounds are not enough there.
-_SPEND = 0.05
-_MAX_ROUNDS = 25
-_SLOW = 2.0  # seconds: when all warm-ups together take longer, their times are used as they are
+HEAD_RATIO = 0.8  # head when F <= 0.8 K
+FORWARD_RATIO = 0.5  # forward mode when D <= K / 2
+_HOPELESS = 1.5  # vmap per target at width 2 this much slower than loop: no wider trial
 
 
-def cached(model: Callable, key: tuple) -> str | None:
+def cached(anchor: object, key: tuple) -> str | None:
     """The remembered winner for ``key``, if any."""
     try:
-        return _DECISIONS.get(model, {}).get(key)
+        return _DECISIONS.get(anchor, {}).get(key)
     except TypeError:
         return None
 
 
-def remember(model: Callable, key: tuple, name: str) -> None:
+def remember(anchor: object, key: tuple, name: str) -> None:
     try:
-        _DECISIONS.setdefault(model, {})[key] = name
-    except TypeError:  # not weak-referenceable: decide again next time
+        _DECISIONS.setdefault(anchor, {})[key] = name
+    except TypeError:  # not weakly referenceable: decide again next time
         pass
 
 
-def forget(model: Callable | None = None) -> None:
-    """Drop remembered decisions (for ``model``, or for every model)."""
-    if model is None:
+def forget(anchor: object | None = None) -> None:
+    """Drop remembered decisions (for ``anchor``, or for every model)."""
+    if anchor is None:
         _DECISIONS.clear()
     else:
-        _DECISIONS.pop(model, None)
+        _DECISIONS.pop(anchor, None)
 
 
-def choose(runs: dict[str, Callable[[int], None]], forward: Callable[[], None], k: int) -> str:
-    """The name of the fastest candidate.
+def prior(device: torch.device) -> str:
+    """The strategy to use when there is nothing to race."""
+    return "loop" if device.type == "cpu" else "vmap"
 
-    ``runs[name](k_t)`` computes ``k_t`` targets (with its own forward pass where it has one);
-    ``forward()`` runs one shared forward pass alone, so that its cost is counted once, not
-    ``k / k_t`` times, when extrapolating from ``k_t`` to ``k`` targets.
+
+class Race:
+    """``loop`` against a batched strategy on the first targets of the real work.
+
+    :meth:`next` gives ``(name, width)``: the strategy to run on the next ``width`` targets,
+    which the caller runs, times and reports with :meth:`record` (or :meth:`failed`); ``None``
+    once the winner is known (:attr:`winner`).
     """
-    if len(runs) == 1:
-        return next(iter(runs))
-    k_t = min(k, _TRIAL_TARGETS)
-    jobs = {name: (lambda run=run: run(k_t)) for name, run in runs.items()}
-    if k_t < k:
-        jobs["_forward"] = forward
-    times: dict[str, list[float]] = {}
-    failure: Exception | None = None
-    for name, job in jobs.items():  # warm-up, and drop candidates this model cannot run
-        try:
-            warm = _once(job)
-        except (RuntimeError, NotImplementedError) as error:
-            failure = error  # e.g. an op without a vmap or forward-mode rule
-            continue
-        times[name] = [warm]
-    if not any(name in times for name in runs):
-        raise RuntimeError(
-            "strategy='auto': every candidate strategy failed on this model; the last error "
-            "follows. Name a strategy to see its own error."
-        ) from failure
-    # Interleave the timed rounds so that a burst of load on a shared machine hits every
-    # candidate alike, and compare medians: what a caller sees call after call.
-    if sum(t[0] for t in times.values()) < _SLOW:
-        for name in times:
-            times[name] = []
-        for done in range(_MAX_ROUNDS):
-            if done >= _ROUNDS and min(sum(t) for t in times.values()) >= _SPEND:
-                break
-            for name in times:
-                times[name].append(_once(jobs[name]))
-    best = {name: statistics.median(t) for name, t in times.items()}
-    t_fwd = best.pop("_forward", 0.0)
-    costs = {}
-    for name, t in best.items():
-        if k_t < k:
-            if name in ("loop", "vmap"):
-                t = t_fwd + (t - t_fwd) * k / k_t
-            elif name == "replicate":
-                t = t * k / k_t
-            # forward mode always computes every target; the head's cost is its feature
-            # Jacobian, which does not grow with the number of targets.
-        costs[name] = t
-    return min(costs, key=costs.get)
+
+    def __init__(self, batched: list[str], k: int, full_width: Callable[[str], int]) -> None:
+        self.batched = list(batched)  # "vmap", then "replicate" should vmap fail
+        self.left = k
+        self.full_width = full_width  # the width the strategy would run at after the race
+        self.times: dict[tuple[str, int], float] = {}
+        self.winner: str | None = None
+
+    def next(self) -> tuple[str, int] | None:
+        if self.winner is not None:
+            return None
+        if ("loop", 1) not in self.times:
+            return self._ask("loop", 1)
+        if not self.batched:
+            return self._decide("loop")
+        other = self.batched[0]
+        if (other, 2) not in self.times:
+            return self._ask(other, 2)
+        t_loop, t2 = self.times["loop", 1], self.times[other, 2]
+        if t2 / 2 >= _HOPELESS * t_loop:
+            return self._decide("loop")
+        if (other, 4) not in self.times and self.left >= 4:
+            return self._ask(other, 4)
+        per = t2 / 2
+        if (other, 4) in self.times:
+            c1 = max((self.times[other, 4] - t2) / 2, 0.0)
+            c0 = max(t2 - 2 * c1, 0.0)
+            per = c0 / max(self.full_width(other), 1) + c1
+        return self._decide(other if per < t_loop else "loop")
+
+    def _ask(self, name: str, width: int) -> tuple[str, int] | None:
+        if self.left < width:
+            return self._decide("loop" if name == "loop" else self._best())
+        return name, width
+
+    def _best(self) -> str:
+        if not self.batched or (self.batched[0], 2) not in self.times:
+            return "loop"
+        return (
+            self.batched[0]
+            if self.times[self.batched[0], 2] / 2 < self.times["loop", 1]
+            else "loop"
+        )
+
+    def _decide(self, name: str) -> None:
+        self.winner = name
+        return None
+
+    def record(self, name: str, width: int, seconds: float) -> None:
+        self.times[name, width] = seconds
+        self.left -= width
+
+    def failed(self, name: str) -> None:
+        """``name`` cannot run on this model: race without it."""
+        self.batched = [b for b in self.batched if b != name]
+        self.times = {key: t for key, t in self.times.items() if key[0] != name}
 
 
-def _once(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Run ``fn`` and return its result and wall time (device work included)."""
     _sync()
     start = time.perf_counter()
-    fn()
+    out = fn()
     _sync()
-    return time.perf_counter() - start
+    return out, time.perf_counter() - start
 
 
 def _sync() -> None:

@@ -1,10 +1,11 @@
 """Memory budgets: parse ``max_memory`` and split rows and classes into chunks that fit it.
 
 The cost model counts bytes, not seconds. ``act`` is what one sample's forward pass keeps for the
-backward pass (measured by :mod:`saliency.engine.probe`), ``row`` the bytes of one input sample.
-Each strategy's working set is a simple polynomial in the chunk sizes ``r`` (rows) and ``k``
-(classes, or tangent features for forward mode); the planner keeps rows whole when it can (one
-forward per row chunk is what every strategy shares) and then takes the largest class chunk.
+backward pass (measured by :mod:`saliency.engine.probe`), ``row`` the bytes of one sample of the
+differentiated tensor. Each strategy's record gives its working set as a simple polynomial in the
+chunk sizes ``r`` (rows) and ``k`` (classes, or tangent features for forward mode); the planner
+keeps rows whole when it can (one forward per row chunk is what every strategy shares) and then
+takes the largest class chunk.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Plan", "parse_memory", "plan"]
+__all__ = ["Plan", "Sizes", "parse_memory", "plan"]
 
-# Estimates are rough; keep a margin so that the real peak stays under the budget.
-_SAFETY = 1.5
 # Allocators keep some freed blocks resident, so chunks are planned for 90% of the budget.
 _HEADROOM = 0.9
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
@@ -75,29 +74,10 @@ class Sizes:
     """Per-sample byte counts the cost model needs."""
 
     act: int  # saved activations of one sample's forward pass
-    row: int  # one input sample
-    features: int  # input features per sample (numel of one sample)
-    classes: int  # rows K asked for
+    row: int  # one sample of the differentiated tensor
+    features: int  # its elements
+    classes: int  # targets K asked for
     width: int = 0  # features entering a linear head, when there is one
-
-
-def working_set(strategy: str, sizes: Sizes, r: int, k: int) -> float:
-    """Estimated extra bytes one chunk of ``r`` rows and ``k`` classes needs, block included."""
-    a, x = sizes.act, sizes.row
-    block = r * k * x
-    if strategy == "loop":
-        # The graph, the backward's temporaries, one input gradient; the block is filled in place.
-        return _SAFETY * (r * (3 * a + 2 * x)) + block
-    if strategy == "vmap":
-        return _SAFETY * (r * a + k * r * (a + x)) + 2 * block
-    if strategy == "replicate":
-        return _SAFETY * (k * r * (2 * a + 2 * x)) + 2 * block
-    if strategy == "forward":
-        # k counts tangent features here; the block holds every class for every feature.
-        return _SAFETY * (r * a + k * r * (a + x)) + 2 * r * sizes.classes * x
-    if strategy == "head":
-        return _SAFETY * (r * (3 * a + 2 * x)) + r * sizes.width * x + 2 * block
-    raise ValueError(f"unknown strategy {strategy!r}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +89,7 @@ class Plan:
 
 
 def plan(
-    strategy: str,
+    strategy: object,
     sizes: Sizes,
     batch: int,
     n_cols: int,
@@ -119,7 +99,8 @@ def plan(
     per_col: int = 0,
     device: torch.device,
 ) -> Plan:
-    """The largest chunks that fit ``budget``.
+    """The largest chunks that fit ``budget`` for ``strategy`` (a record with ``name`` and
+    ``working_set(sizes, rows, cols)``).
 
     Besides a chunk's working set, ``fixed`` bytes are held throughout (a result being filled)
     and ``per_col`` bytes per class of the chunk (a streamed chunk that holds every row).
@@ -127,14 +108,12 @@ def plan(
     """
 
     def need(r: int, k: int) -> float:
-        return fixed + per_col * k + working_set(strategy, sizes, r, k)
+        return fixed + per_col * k + strategy.working_set(sizes, r, k)
 
     if budget is None:
-        if strategy == "loop":
-            return Plan(batch, n_cols)
         # No budget: batched strategies are still sized, by a soft cap on their working set.
         cap = default_cap(device)
-        k = _largest(lambda k: working_set(strategy, sizes, batch, k) <= cap, n_cols)
+        k = _largest(lambda k: strategy.working_set(sizes, batch, k) <= cap, n_cols)
         return Plan(batch, max(k, 1))
     r = batch
     while r >= 1:
@@ -143,10 +122,10 @@ def plan(
             return Plan(r, k)
         r //= 2
     raise MemoryError(
-        f"max_memory={_human(budget)} is too small for strategy {strategy!r}: one sample and one "
-        f"class need about {_human(need(1, 1))} (activations {_human(sizes.act)} per sample, "
-        f"input {_human(sizes.row)} per sample, {_human(fixed + per_col)} held for the result). "
-        "Raise max_memory; class_jacobian users can also stream with iter_class_jacobian."
+        f"max_memory={_human(budget)} is too small for strategy {strategy.name!r}: one sample "
+        f"and one class need about {_human(need(1, 1))} (activations {_human(sizes.act)} per "
+        f"sample, input {_human(sizes.row)} per sample, {_human(fixed + per_col)} held for the "
+        "result). Raise max_memory; class_jacobian users can also stream with iter_class_jacobian."
     )
 
 

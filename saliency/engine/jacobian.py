@@ -1,32 +1,36 @@
-"""``class_jacobian`` and ``iter_class_jacobian``: the per-sample, per-class input Jacobian."""
+"""``class_jacobian`` and ``iter_class_jacobian``: the per-sample, per-class Jacobian."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from .. import targets
 from . import auto
 from .budget import Plan, Sizes, plan
-from .probe import Probe, probe
+from .forward import GuardError, refuse_unconnected, run
+from .identity import key_of
+from .probe import Probe, probe, state
+from .probe import forget as forget_probes
 from .problem import Problem, make_problem
-from .strategies import SHARED_FORWARD, STRATEGIES, Chunk
+from .strategies import STRATEGIES, Chunk, Strategy
 
 __all__ = [
     "JacobianChunk",
     "JacobianResult",
     "class_jacobian",
     "evaluate",
+    "forget_strategy_choices",
     "iter_class_jacobian",
+    "layer_name",
+    "layer_output",
     "outputs",
 ]
-
-
-# Candidates are timed on at most this many rows: enough to rank them, cheap on a first call.
-_TRIAL_ROWS = 128
 
 
 class JacobianChunk(NamedTuple):
@@ -40,10 +44,11 @@ class JacobianChunk(NamedTuple):
 class JacobianResult:
     """The Jacobian with what produced it: target ids and the (transformed) outputs at ``x``."""
 
-    values: torch.Tensor  # [B, K, *input]
+    values: torch.Tensor  # [B, K, *shape]
     classes: torch.Tensor  # [B, K] long
     outputs: torch.Tensor  # [B, C], detached
     strategy: str
+    point: torch.Tensor  # [B, *shape], detached: where it was taken (x, or the layer's output)
 
 
 def class_jacobian(
@@ -55,9 +60,11 @@ def class_jacobian(
     strategy: str = "auto",
     max_memory: int | str | None = None,
     create_graph: bool = False,
+    layer: nn.Module | str | None = None,
+    allow_random: bool = False,
     **forward_kwargs,
 ) -> torch.Tensor:
-    """Input gradients of every requested class for every sample, ``[B, K, *x.shape[1:]]``.
+    """Gradients of every requested class for every sample, ``[B, K, *x.shape[1:]]``.
 
     ``J[b, k] = d out[b, class_k] / d x[b]``, for all ``K`` classes in one call, at the cost of one
     shared forward pass plus the cheapest exact way to get ``K`` vector-Jacobian products.
@@ -65,26 +72,36 @@ def class_jacobian(
     Parameters
     ----------
     model
-        An ``nn.Module`` or any callable mapping ``[B, ...]`` to scores ``[B, C]`` (``[B]`` counts
-        as ``C = 1``). Samples must be independent: BatchNorm in training mode is refused.
+        An ``nn.Module`` or any callable (a lambda, a ``functools.partial``, a bound method,
+        TorchScript) mapping ``[B, ...]`` to scores ``[B, C]`` (``[B]`` counts as ``C = 1``). It
+        may return a tensor, a HuggingFace output object or mapping with ``logits``, or a tuple
+        whose first element is the scores. Samples must be independent and the model
+        deterministic: BatchNorm using batch statistics and dropout in training mode are refused
+        before they run.
     x
-        Floating input of rank >= 2 (``[B, D]``, ``[B, C, H, W]``, ``[B, T, E]``, ...). It is
-        never modified; with ``create_graph=True`` the result is differentiable with respect to it.
+        The batch, never modified. Floating, of rank >= 2 (``[B, D]``, ``[B, C, H, W]``,
+        ``[B, T, E]``, ...); with ``layer``, any tensor the model takes (token ids included).
     classes
         ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples, a
         ``[B, K]`` long tensor of per-sample ids, :func:`saliency.top_k` or
         :func:`saliency.contrast`.
     output
-        ``"logits"`` (raw outputs), ``"softmax"``, ``"log_softmax"``, or a callable applied to the
-        ``[B, C]`` output before the classes are selected.
+        ``"logits"`` (the scores as returned), ``"softmax"``, ``"log_softmax"``, or a callable
+        applied to the model's raw output (an output object included) that returns ``[B, C]``.
     strategy
-        ``"auto"`` (time the candidates once per model and shape, then reuse the fastest),
-        ``"loop"``, ``"vmap"``, ``"replicate"``, ``"forward"`` or ``"head"``.
+        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or
+        ``"loop"``, ``"vmap"``, ``"replicate"``, ``"forward"``, ``"head"``.
     max_memory
         Peak extra memory allowed, result included: bytes or a string like ``"512MB"``. Rows and
         classes are chunked to fit; a ``MemoryError`` is raised before any work if nothing fits.
     create_graph
         Return a differentiable Jacobian (for gradient penalties in training).
+    layer
+        Differentiate the output of this module of the model (or its dotted name) instead of
+        ``x``: the result is ``[B, K, *layer_output.shape[1:]]``.
+    allow_random
+        Explain a random model (dropout in training mode) anyway: one random draw per forward
+        pass, shared by every class of a row (only strategies with one forward per row chunk).
     **forward_kwargs
         Passed to the model, not differentiated. Tensors whose first dimension is ``B`` are
         treated as per-sample and follow the rows when the batch is chunked.
@@ -92,7 +109,7 @@ def class_jacobian(
     Returns
     -------
     torch.Tensor
-        ``[B, K, *x.shape[1:]]``, in ``x``'s dtype and on its device.
+        ``[B, K, *shape]`` in the dtype and on the device of what is differentiated.
 
     Examples
     --------
@@ -105,6 +122,8 @@ def class_jacobian(
     >>> ref = torch.func.vmap(torch.func.jacrev(model))(x)
     >>> torch.allclose(J, ref, atol=1e-6)
     True
+    >>> saliency.class_jacobian(model, x, layer=model[1]).shape  # w.r.t. the Tanh's output
+    torch.Size([4, 3, 8])
     """
     return evaluate(
         model,
@@ -114,6 +133,8 @@ def class_jacobian(
         strategy=strategy,
         max_memory=max_memory,
         create_graph=create_graph,
+        layer=layer,
+        allow_random=allow_random,
         **forward_kwargs,
     ).values
 
@@ -127,20 +148,46 @@ def evaluate(
     strategy: str = "auto",
     max_memory: int | str | None = None,
     create_graph: bool = False,
+    layer: nn.Module | str | None = None,
+    layer_value: torch.Tensor | None = None,
+    allow_random: bool = False,
     **forward_kwargs,
 ) -> JacobianResult:
-    """:func:`class_jacobian` together with the resolved class ids and the outputs at ``x``."""
-    p = _problem(model, x, classes, output, strategy, max_memory, create_graph, forward_kwargs)
+    """:func:`class_jacobian` together with the resolved class ids and the outputs at ``x``.
+
+    The engine's entry for methods. ``layer_value`` (with ``layer``) replaces the layer's output
+    by a given ``[B, *layer_output]`` tensor, for example a point on a path in the layer's space;
+    the Jacobian is then taken there.
+    """
+    p = _problem(
+        model, x, classes, output, strategy, max_memory, create_graph, forward_kwargs,
+        layer, layer_value, allow_random,
+    )  # fmt: skip
+    with _grad_mode():
+        engine, pieces, values = _attempt(lambda: _whole(p), p)
+    ids = _joined([piece.ids for piece in pieces])
+    outs = _joined([piece.outputs for piece in pieces])
+    point = _joined([piece.point for piece in pieces])
+    return JacobianResult(values, ids, outs, engine.strategy, point)
+
+
+def _whole(p: Problem):
     engine = _Engine(p, stream=False)
     if p.create_graph or engine.single_block:
         pieces = list(engine.row_chunks())
-        values = _joined([v for _, _, v, _ in pieces])
-    else:
-        # Fill one preallocated result block by block: the budget counts it once.
-        values = x.new_empty(x.shape[0], engine.k, *x.shape[1:])
-        pieces = list(engine.row_chunks(into=values))
-    ids, outs = _joined([i for _, i, _, _ in pieces]), _joined([o for _, _, _, o in pieces])
-    return JacobianResult(values, ids, outs, engine.strategy)
+        return engine, pieces, _joined([piece.values for piece in pieces])
+    # Fill one preallocated result block by block: the budget counts it once.
+    values = engine.new_result()
+    return engine, list(engine.row_chunks(into=values)), values
+
+
+def _attempt(work: Callable, p: Problem):
+    """``work()``, measured again once if the model's outputs changed since it was measured."""
+    try:
+        return work()
+    except _Stale:
+        forget_strategy_choices(p.model)
+        return work()
 
 
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -156,6 +203,8 @@ def iter_class_jacobian(
     strategy: str = "auto",
     max_memory: int | str | None = None,
     create_graph: bool = False,
+    layer: nn.Module | str | None = None,
+    allow_random: bool = False,
     **forward_kwargs,
 ) -> Iterator[JacobianChunk]:
     """Stream the Jacobian as ``(class_ids, values)`` chunks over classes, every sample in each.
@@ -173,8 +222,29 @@ def iter_class_jacobian(
     >>> len(norms) > 1, torch.cat(norms, dim=1).shape
     (True, torch.Size([2, 100]))
     """
-    p = _problem(model, x, classes, output, strategy, max_memory, create_graph, forward_kwargs)
-    return _Engine(p, stream=True).class_chunks()
+    p = _problem(
+        model, x, classes, output, strategy, max_memory, create_graph, forward_kwargs,
+        layer, None, allow_random,
+    )  # fmt: skip
+    return _stream(p)
+
+
+def _stream(p: Problem) -> Iterator[JacobianChunk]:
+    def begin():
+        chunks = _Engine(p, stream=True).class_chunks()
+        return chunks, next(chunks, None)
+
+    with _grad_mode():
+        chunks, piece = _attempt(begin, p)
+    while piece is not None:
+        yield piece
+        with _grad_mode():
+            try:
+                piece = next(chunks, None)
+            except _Stale:
+                raise RuntimeError(
+                    "model: its number of outputs changed while the Jacobian was streamed"
+                ) from None
 
 
 def outputs(
@@ -182,13 +252,17 @@ def outputs(
     x: torch.Tensor,
     *,
     output: str | Callable = "logits",
+    layer: nn.Module | str | None = None,
+    layer_value: torch.Tensor | None = None,
+    allow_random: bool = False,
     **forward_kwargs,
 ) -> torch.Tensor:
-    """The model's outputs ``[B, C]`` at ``x`` after ``output``, detached, with the engine's checks.
+    """The model's scores ``[B, C]`` at ``x`` after ``output``, detached, with the engine's checks.
 
-    What the engine would differentiate, computed without a graph: methods that need the
-    outputs at ``x`` (to resolve ``top_k``, or for a completeness gap) get them here, with the
-    same guards and the same handling of ``output`` as :func:`class_jacobian`.
+    What the engine would differentiate, computed without a graph: methods that need the scores
+    at ``x`` (to resolve ``top_k``, for a completeness gap) get them here, with the same guards
+    and the same reading of model outputs and ``output`` as :func:`class_jacobian`. With
+    ``layer`` and ``layer_value``, the layer's output is replaced by ``layer_value``.
 
     Examples
     --------
@@ -198,15 +272,110 @@ def outputs(
     >>> outputs(model, torch.randn(2, 4), output="softmax").sum(1)
     tensor([1.0000, 1.0000])
     """
-    p = _problem(model, x, None, output, "auto", None, False, forward_kwargs)
-    with torch.no_grad():
-        return p.forward(p.x.detach(), slice(0, p.batch)).detach()
+    p = _problem(
+        model, x, None, output, "auto", None, False, forward_kwargs,
+        layer, layer_value, allow_random,
+    )  # fmt: skip
+    with torch.no_grad(), torch.inference_mode(False):
+        value = None if p.layer_value is None else p.layer_value
+        return run(p, p.x, slice(0, p.batch), value=value).scores.detach()
 
 
-def _problem(model, x, classes, output, strategy, max_memory, create_graph, kwargs) -> Problem:
-    return make_problem(
-        model, x, classes, output, strategy, max_memory, create_graph, kwargs, tuple(STRATEGIES)
-    )
+def layer_output(
+    model: Callable,
+    x: torch.Tensor,
+    layer: nn.Module | str,
+    *,
+    allow_random: bool = False,
+    **forward_kwargs,
+) -> torch.Tensor:
+    """The output of ``layer`` when the model runs on ``x``, ``[B, *layer_output]``, detached.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saliency.engine import layer_output
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    >>> layer_output(model, torch.randn(3, 4), model[1]).shape
+    torch.Size([3, 6])
+    """
+    if layer is None:
+        raise ValueError("layer: expected an nn.Module of the model or its dotted name, got None")
+    p = _problem(
+        model, x, None, "logits", "auto", None, False, forward_kwargs,
+        layer, None, allow_random,
+    )  # fmt: skip
+    with torch.no_grad(), torch.inference_mode(False):
+        return run(p, p.x, slice(0, p.batch)).value.detach()
+
+
+def layer_name(model: Callable, layer: nn.Module | str) -> str:
+    """The dotted name of ``layer`` in ``model`` (its class name when it is not found there).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saliency.engine import layer_name
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU())
+    >>> layer_name(lambda t: model(t), model[1])
+    '1'
+    """
+    from .identity import owners
+
+    if isinstance(layer, str):
+        return layer
+    for root in owners(model):
+        for name, m in root.named_modules():
+            if m is layer:
+                return name or type(layer).__name__
+    return type(layer).__name__
+
+
+def forget_strategy_choices(model: Callable | None = None) -> None:
+    """Forget what the engine measured and decided (for ``model``, or for every model).
+
+    Needed only to measure again after changing something the engine cannot see (say, moving
+    the machine's load); changes to the model itself are seen on the next call.
+    """
+    if model is None:
+        auto.forget()
+        forget_probes()
+        return
+    from .identity import owners
+
+    found = key_of(model, owners(model))
+    if found is not None:
+        auto.forget(found[0])
+        forget_probes(model)
+
+
+def _problem(
+    model, x, classes, output, strategy, max_memory, create_graph, kwargs, layer, value, random
+) -> Problem:
+    with torch.inference_mode(False):
+        return make_problem(
+            model, x, classes, output, strategy, max_memory, create_graph, kwargs,
+            tuple(STRATEGIES), layer=layer, layer_value=value, allow_random=random,
+        )  # fmt: skip
+
+
+@contextmanager
+def _grad_mode():
+    """Gradients on, whatever the caller's mode (``torch.no_grad``, ``torch.inference_mode``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+class _RowPiece(NamedTuple):
+    rows: slice
+    ids: torch.Tensor  # [r, K]
+    values: torch.Tensor | None  # [r, K, *shape], None when written into the result
+    outputs: torch.Tensor  # [r, C]
+    point: torch.Tensor  # [r, *shape]
+
+
+class _Stale(Exception):
+    """The model's number of outputs changed since it was measured."""
 
 
 class _Engine:
@@ -215,215 +384,308 @@ class _Engine:
     def __init__(self, p: Problem, *, stream: bool) -> None:
         self.p = p
         self.stream = stream
-        self.info: Probe = probe(p.model, p.scores, p.x)
-        self.k = targets.count(p.classes, self.info.outputs(p.transform), p.batch)
-        self._head = None
-        one = p.x[0]
+        self.facts: Probe = probe(p)
+        self.k = targets.count(p.classes, self.facts.classes, p.batch)
         self.sizes = Sizes(
-            act=self.info.act,
-            row=one.numel() * one.element_size(),
-            features=one.numel(),
+            act=self.facts.act,
+            row=self.facts.row,
+            features=self.facts.features,
             classes=self.k,
-            width=self.info.width,
+            width=self.facts.width,
         )
-        if p.strategy == "head" and self.info.head is None:
-            raise ValueError(
-                "strategy='head' needs a model whose output is exactly the output of its last "
-                "nn.Linear layer (called once); use 'loop', 'vmap' or 'auto' for this model"
-            )
-        self.strategy = p.strategy if p.strategy != "auto" else self._choose()
+        self.head_module = self.facts.head_module()
+        self.fallback = auto.prior(p.x.device)
+        self.head_reason: str | None = None
+        self.race: auto.Race | None = None
+        self.raced: list[torch.Tensor] = []  # blocks of the first targets, from the race
+        self.first_chunk: Chunk | None = None  # the raced row chunk, kept for the winner
+        self.strategy = self._decide()
         self.plan = self._plan(self.strategy)
 
-    # -- planning ---------------------------------------------------------------------------
+    # -- deciding ---------------------------------------------------------------------------
+    def _refusal(self, s: Strategy) -> str | None:
+        return s.refuses(
+            create_graph=self.p.create_graph,
+            allow_random=self.p.allow_random,
+            head=self.head_module is not None,
+        )
+
+    def _decide(self) -> str:
+        p = self.p
+        if p.strategy != "auto":
+            reason = self._refusal(STRATEGIES[p.strategy])
+            if reason:
+                raise ValueError(f"strategy: {reason}; use 'loop', 'vmap' or 'auto'")
+            return p.strategy
+        found = key_of(p.model, p.owners)
+        self._key = None
+        if found is not None:
+            self._anchor = found[0]
+            self._key = (found[1], state(p), p.batch.bit_length(), self.k, _kind(p.classes))
+            self._key += (p.create_graph, p.budget, self.stream)
+            name = auto.cached(self._anchor, self._key)
+            if name is not None:
+                return name
+        usable = [n for n, s in STRATEGIES.items() if self._refusal(s) is None and self._fits(n)]
+        if not usable:
+            self._plan("loop")  # raises the budget error of the leanest strategy
+        k, s = self.k, self.sizes
+        if "head" in usable and s.width <= auto.HEAD_RATIO * k:
+            return self._remember("head")
+        if "forward" in usable and s.features <= auto.FORWARD_RATIO * k:
+            return self._remember("forward")
+        batched = [n for n in ("vmap", "replicate") if n in usable]
+        if k < 4 or "loop" not in usable:
+            return self._remember(self.fallback if self.fallback in usable else usable[0])
+        self.race = auto.Race(batched, k, lambda n: min(self._plan(n).cols, k))
+        return "loop"  # provisional: the race on the first chunk decides
+
+    def _remember(self, name: str) -> str:
+        if self._key is not None:
+            auto.remember(self._anchor, self._key, name)
+        return name
+
+    def _fits(self, name: str) -> bool:
+        try:
+            self._plan(name)
+        except MemoryError:
+            return False
+        return True
+
     def _plan(self, name: str) -> Plan:
-        cols = self.sizes.features if name == "forward" else self.k
+        s = STRATEGIES[name]
+        cols = self.sizes.features if s.columns == "features" else self.k
         whole = self.p.batch * self.sizes.row  # one class for every row
-        if not self.stream or name == "forward":
+        if not self.stream or s.columns == "features":
             held, per_col = whole * self.k, 0  # the result (forward mode: all classes at once)
         else:
             held, per_col = 0, whole  # the chunk handed out holds every row of its classes
         return plan(
-            name,
-            self.sizes,
-            self.p.batch,
-            cols,
-            self.p.budget,
-            held,
-            per_col=per_col,
+            s, self.sizes, self.p.batch, cols, self.p.budget, held, per_col=per_col,
             device=self.p.x.device,
-        )
+        )  # fmt: skip
 
-    def _candidates(self) -> list[str]:
-        names = ["loop", "vmap", "replicate"]
-        if self.sizes.features <= self.k and not self.p.create_graph:
-            names.append("forward")
-        if self.info.head is not None and self.sizes.width < self.k and not self.p.create_graph:
-            names.append("head")
-        fitting = []
-        for name in names:
-            try:
-                self._plan(name)
-            except MemoryError:
-                continue
-            fitting.append(name)
-        if not fitting:
-            self._plan("loop")  # raises the budget error for the cheapest strategy
-        return fitting
-
-    def _choose(self) -> str:
-        p = self.p
-        key = (
-            tuple(p.x.shape[1:]),
-            p.batch.bit_length(),  # batch sizes within a factor of two share a decision
-            p.x.dtype,
-            str(p.x.device),
-            self.k,
-            _kind(p.classes),
-            p.output if isinstance(p.output, str) else id(p.output),
-            p.create_graph,
-            p.budget,
-            self.stream,
-        )
-        name = auto.cached(p.model, key)
-        if name is None:
-            name = self._trial(self._candidates())
-            auto.remember(p.model, key, name)
-        return name
-
-    def _trial(self, names: list[str]) -> str:
-        plans = {name: self._plan(name) for name in names}  # planned once, not per timed round
-        rows = slice(0, min(_TRIAL_ROWS, *(plan.rows for plan in plans.values())))
-        runs = {}
-        for name in names:
-
-            def run(k_t: int, name: str = name) -> None:
-                chunk, fn, step = self._chunk(name, rows), STRATEGIES[name], plans[name].cols
-                if name == "forward":
-                    fn(chunk, step)  # every target at once, ``step`` features per pass
-                    return
-                for c0 in range(0, k_t, step):
-                    fn(chunk, slice(c0, min(c0 + step, k_t)))
-
-            runs[name] = run
-
-        def shared_forward() -> None:
-            self._chunk("loop", rows)
-
-        return auto.choose(runs, shared_forward, self.k)
-
-    @property
-    def head(self) -> torch.nn.Linear:
-        """The model's linear head (looked up only when the head strategy runs)."""
-        if self._head is None:
-            self._head = self.info.head_module(self.p.model)
-        return self._head
-
-    # -- execution ---------------------------------------------------------------------------
+    # -- chunks -----------------------------------------------------------------------------
     def _chunk(self, name: str, rows: slice) -> Chunk:
-        """Inputs, the shared forward pass (if ``name`` uses one) and targets for ``rows``."""
-        p = self.p
+        """The differentiated tensor, the forward pass (shared, for strategies that use one) and
+        the targets for ``rows``."""
+        p, s = self.p, STRATEGIES[name]
         x = p.x[rows]
-        if not (p.create_graph and x.requires_grad):
+        value = None if p.layer_value is None else p.layer_value[rows]
+        if p.layer is None and not (p.create_graph and x.requires_grad):
             x = x.detach().requires_grad_()
-        chunk = Chunk(
-            x=x,
-            rows=None,
-            forward=lambda xi, n: p.forward(xi, rows, n),
-            transform=p.transform,
-            create_graph=p.create_graph,
-            head=self.head if name == "head" else None,
-        )
-        if name in SHARED_FORWARD:
-            captured = {}
-            hook = None
-            if name == "head":
-
-                def grab(_m, inputs, _o):
-                    captured["h"] = inputs[0]
-
-                hook = self.head.register_forward_hook(grab)
-            try:
-                with torch.enable_grad():
-                    chunk.out = p.forward(x, rows)
-            finally:
-                if hook is not None:
-                    hook.remove()
-            chunk.head_input = captured.get("h")
-            out = chunk.out
+        if value is not None and not (p.create_graph and value.requires_grad):
+            value = value.detach().requires_grad_()
+        head = self.head_module if name == "head" else None
+        if s.shared_forward:
+            f = run(p, x, rows, value=value, head=head, leaf=not p.create_graph)
         else:
             with torch.no_grad():
-                out = p.forward(x.detach(), rows)
+                f = run(p, x.detach(), rows, value=None if value is None else value.detach())
+        if f.scores.shape[1] != self.facts.classes:
+            raise _Stale()
+        diff = x if p.layer is None else (f.value if s.shared_forward else _leaf(f.value))
+        if s.shared_forward:
+            refuse_unconnected(f.scores, p)
         classes = p.classes
         if targets.is_per_sample(classes) and len(classes) == p.batch:
             classes = classes[rows]  # per-sample ids follow their rows into the chunk
-        chunk.rows = targets.resolve(classes, out.detach())
-        chunk.outputs = out.detach()
+        chunk = Chunk(
+            x=diff,
+            rows=targets.resolve(classes, f.scores.detach()),
+            rerun=self._rerun(rows),
+            transform=p.apply_output if f.pre is not None else _identity,
+            create_graph=p.create_graph,
+            out=f.scores if s.shared_forward else None,
+            outputs=f.scores.detach(),
+        )
+        if f.head is not None:
+            self.head_reason = f.head.exact(f.pre, f.scores)
+            chunk.head = f.head if self.head_reason is None else None
         return chunk
 
-    def _blocks(self, chunk: Chunk, cols: list[slice]) -> Iterator[torch.Tensor]:
-        fn = STRATEGIES[self.strategy]
-        with torch.enable_grad():
-            if self.strategy == "forward":
-                full = fn(chunk, self.plan.cols)
-                for c in cols:
-                    yield full[:, c]
-                return
-            for c in cols:
-                yield fn(chunk, c)
+    def _rerun(self, rows: slice) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        p = self.p
 
+        def again(value: torch.Tensor, repeats: int) -> torch.Tensor:
+            if p.layer is None:
+                return run(p, value, rows, repeats).scores
+            x = p.x[rows]
+            x = x.repeat(repeats, *([1] * (x.ndim - 1))) if repeats > 1 else x
+            return run(p, x, rows, repeats, value=value).scores
+
+        return again
+
+    def _block(self, name: str, chunk: Chunk, cols: slice) -> torch.Tensor:
+        s = STRATEGIES[name]
+        if name == "head" and chunk.head is None:
+            if self.p.strategy == "head":
+                raise ValueError(
+                    f"strategy='head' is not exact for this model: {self.head_reason}; use "
+                    "'loop', 'vmap' or 'auto' (auto falls back by itself)"
+                )
+            return self._block(self.fallback, chunk, cols)
+        try:
+            if s.columns == "features":
+                block = s.run(chunk, self.plan.cols)[:, cols]
+            else:
+                block = s.run(chunk, cols)
+        except RuntimeError as error:
+            raise _explained(error, name, self.p) from error
+        if not self.p.create_graph:
+            block = block.detach()
+        _check_gradients(block, cols, self.p)
+        return block
+
+    # -- the race on the first row chunk ----------------------------------------------------
+    def _first_rows(self) -> tuple[slice, int]:
+        """The first row chunk and how many of its targets are done: when the strategy is not
+        decided yet, the candidates race on its first targets, and their blocks are kept."""
+        if self.race is None:
+            return self._row_slices()[0], 0
+        rows = min(self._plan(n).rows for n in ["loop", *self.race.batched])
+        first = slice(0, min(rows, self.p.batch))
+        race, done = self.race, 0
+        chunk = self._chunk("loop", first)
+        while (step := race.next()) is not None:
+            name, width = step
+            cols = slice(done, done + width)
+            try:
+                block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
+            except (RuntimeError, NotImplementedError):
+                if name == "loop":
+                    raise
+                race.failed(name)  # e.g. an operator without a batching rule
+                continue
+            race.record(name, width, seconds)
+            self.raced.append(block)
+            done += width
+        self.strategy = self._remember(race.winner)
+        self.plan = self._plan(self.strategy)
+        self.race = None
+        self.first_chunk = chunk  # every strategy but head can go on from its forward pass
+        return first, done
+
+    # -- walking the plan -------------------------------------------------------------------
     def _row_slices(self) -> list[slice]:
-        b, r = self.p.batch, self.plan.rows
-        return [slice(i, min(i + r, b)) for i in range(0, b, r)]
+        return _cover(0, self.p.batch, self.plan.rows)
 
-    def _col_slices(self) -> list[slice]:
-        step = self.k if self.strategy == "forward" else self.plan.cols
-        return [slice(i, min(i + step, self.k)) for i in range(0, self.k, step)]
+    def _col_slices(self, start: int = 0) -> list[slice]:
+        if STRATEGIES[self.strategy].columns == "features":
+            return [slice(start, self.k)] if start < self.k else []
+        return _cover(start, self.k, self.plan.cols)
 
     @property
     def single_block(self) -> bool:
-        return len(self._row_slices()) == 1 and len(self._col_slices()) == 1
+        return self.race is None and len(self._row_slices()) == 1 and len(self._col_slices()) == 1
 
-    def row_chunks(
-        self, into: torch.Tensor | None = None
-    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-        """``(rows, class_ids, values, outputs)`` for each row chunk, all classes at once.
+    def new_result(self) -> torch.Tensor:
+        shape, dtype = self.facts.shape, self.facts.dtype
+        return torch.empty(self.p.batch, self.k, *shape, dtype=dtype, device=self.p.x.device)
 
-        With ``into``, blocks are written into that ``[B, K, *input]`` tensor and ``values`` is
+    def row_chunks(self, into: torch.Tensor | None = None) -> Iterator[_RowPiece]:
+        """One :class:`_RowPiece` for each row chunk, all classes at once.
+
+        With ``into``, blocks are written into that ``[B, K, *shape]`` tensor and ``values`` is
         ``None``.
         """
-        cols = self._col_slices()
-        for rows in self._row_slices():
-            chunk = self._chunk(self.strategy, rows)
+        first, start = self._first_rows()
+        for rows in [first, *_cover(first.stop, self.p.batch, self.plan.rows)]:
+            chunk, blocks, begin = self.first_chunk, self.raced, start
+            self.first_chunk, self.raced, start = None, [], 0
+            if chunk is None:
+                chunk = self._chunk(self.strategy, rows)
+            blocks += [self._block(self.strategy, chunk, c) for c in self._col_slices(begin)]
             values = None
             if into is not None:
-                for c, block in zip(cols, self._blocks(chunk, cols), strict=True):
-                    into[rows, c] = block
+                col = 0
+                for b in blocks:
+                    into[rows, col : col + b.shape[1]] = b
+                    col += b.shape[1]
             else:
-                blocks = [self._finish(b) for b in self._blocks(chunk, cols)]
                 values = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
-            yield rows, chunk.rows.ids, values, chunk.outputs
+            yield _RowPiece(rows, chunk.rows.ids, values, chunk.outputs, chunk.x.detach())
 
     def class_chunks(self) -> Iterator[JacobianChunk]:
         """Chunks over classes holding every row (rows re-run per class chunk when split)."""
-        cols, row_slices = self._col_slices(), self._row_slices()
-        if len(row_slices) == 1:
-            chunk = self._chunk(self.strategy, row_slices[0])
-            for c, block in zip(cols, self._blocks(chunk, cols), strict=True):
-                yield JacobianChunk(chunk.rows.ids[:, c], self._finish(block))
+        first, start = self._first_rows()
+        rest = _cover(first.stop, self.p.batch, self.plan.rows)
+        chunk, raced = self.first_chunk, self.raced
+        self.first_chunk, self.raced = None, []
+        if not rest:
+            chunk = chunk or self._chunk(self.strategy, first)
+            col = 0
+            for block in raced:  # the race's blocks first, then the winner's
+                cols = slice(col, col + block.shape[1])
+                col = cols.stop
+                yield JacobianChunk(chunk.rows.ids[:, cols], block)
+            for c in self._col_slices(start):
+                yield JacobianChunk(chunk.rows.ids[:, c], self._block(self.strategy, chunk, c))
             return
-        for c in cols:
+        if start:  # rows are split: finish the raced targets on the other rows first
+            cols = slice(0, start)
+            parts, ids = [torch.cat(raced, 1)], [chunk.rows.ids[:, cols]]
+            del chunk, raced
+            for rows in rest:
+                c = self._chunk(self.strategy, rows)
+                parts.append(self._block(self.strategy, c, cols))
+                ids.append(c.rows.ids[:, cols])
+            yield JacobianChunk(torch.cat(ids), torch.cat(parts))
+        for c in self._col_slices(start):
             parts, ids = [], []
-            for rows in row_slices:
+            for rows in [first, *rest]:
                 chunk = self._chunk(self.strategy, rows)
-                parts.append(next(self._blocks(chunk, [c])))
+                parts.append(self._block(self.strategy, chunk, c))
                 ids.append(chunk.rows.ids[:, c])
-            yield JacobianChunk(torch.cat(ids), self._finish(torch.cat(parts)))
+            yield JacobianChunk(torch.cat(ids), torch.cat(parts))
 
-    def _finish(self, block: torch.Tensor) -> torch.Tensor:
-        return block if self.p.create_graph else block.detach()
+
+def _cover(start: int, end: int, step: int) -> list[slice]:
+    return [slice(i, min(i + step, end)) for i in range(start, end, step)]
+
+
+def _leaf(value: torch.Tensor) -> torch.Tensor:
+    return value.detach().requires_grad_()
+
+
+def _identity(out: torch.Tensor) -> torch.Tensor:
+    return out
+
+
+def _check_gradients(block: torch.Tensor, cols: slice, p: Problem) -> None:
+    """Refuse non-finite gradients of finite outputs (say, sqrt at 0), naming the rows."""
+    total = block.detach().sum()
+    if bool(torch.isfinite(total)):
+        return
+    bad = ~torch.isfinite(block.detach().flatten(2)).all(-1)  # [r, k]
+    if not bool(bad.any()):
+        return
+    rows, ks = bad.nonzero(as_tuple=True)
+    pairs = sorted({(int(r), int(k) + (cols.start or 0)) for r, k in zip(rows, ks, strict=True)})
+    raise ValueError(
+        f"model: the gradient is infinite or NaN although the output is finite, for (row in the "
+        f"chunk, target) {pairs[:6]}{' ...' if len(pairs) > 6 else ''}: the model has an "
+        "infinite derivative there (e.g. sqrt or log at 0, or a division by ~0). Move the input "
+        "off that point, or change the model"
+    )
+
+
+def _explained(error: RuntimeError, name: str, p: Problem) -> Exception:
+    text = str(error)
+    if "scaled_dot_product" in text or "_efficient_attention" in text or "flash_attention" in text:
+        what = "create_graph=True" if p.create_graph else f"strategy={name!r}"
+        return RuntimeError(
+            f"{what}: PyTorch's fused scaled-dot-product attention has no rule for this (a "
+            "PyTorch limitation). Use strategy='loop' (without create_graph), or build the model "
+            "with plain attention: for HuggingFace models, attn_implementation='eager'"
+        )
+    return error
 
 
 def _kind(classes: targets.Classes) -> str:
     if targets.is_per_sample(classes):
         return "per-sample"
     return type(classes).__name__
+
+
+__all__ += ["GuardError"]

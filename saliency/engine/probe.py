@@ -1,82 +1,150 @@
-"""What the engine learns about a model from one tiny forward pass, cached per model and shape.
+"""What the engine learns about a model from two tiny forward passes, cached per model and state.
 
-Two facts drive planning: the bytes one sample's forward pass saves for the backward pass (measured
-with saved-tensor hooks, so it holds on any device and for any architecture), and whether the model
-ends in a linear layer whose output *is* the model output (the ``head`` strategy factorises the
-Jacobian through it).
+The probe runs the model on the first sample and on the first two, guarded, under saved-tensor
+hooks. It measures the bytes one sample's forward pass saves for the backward pass (planning
+needs them before any real chunk runs), the number of outputs, the shape of the differentiated
+tensor (the input, or a layer's output), and which ``nn.Linear`` produced the scores (the
+``head`` strategy's candidate). Comparing the first sample's scores alone and inside the pair
+shows randomness (two passes on the same sample differ) and coupling between samples, both of
+which make per-sample gradients meaningless; they are refused here.
+
+The cache is keyed on the modules behind the callable (see :mod:`.identity`), the shapes, dtypes
+and devices, the output, the layer, and the state of every module (object and train/eval
+flag), so switching a model to training mode or swapping a layer measures again. Nothing
+cached here is trusted for correctness: the head is verified on every pass that uses it, and the
+number of outputs is checked on every real forward pass.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["Probe", "probe"]
+from .forward import GuardError, Pass, refuse_unconnected, run
+from .identity import key_of
+from .problem import Problem
+
+__all__ = ["Probe", "forget", "probe"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Facts about a model at one input shape."""
+    """Facts about a model at one input shape and state."""
 
     act: int  # bytes saved for backward per sample
-    raw: torch.Tensor  # one sample's raw scores [1, C], detached: C after any transform
-    head: str | None  # name of the final linear layer, if the output is exactly its output
+    classes: int  # outputs C after the output transform
+    shape: tuple[int, ...]  # per-sample shape of the differentiated tensor
+    dtype: torch.dtype  # its dtype
+    head: weakref.ref | None  # the nn.Linear whose output the scores were, if any
     width: int = 0  # features entering that layer
 
-    def outputs(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> int:
-        """The number of outputs after ``transform`` (which may change it)."""
-        return transform(self.raw).shape[1]
+    @property
+    def row(self) -> int:
+        """Bytes of one sample of the differentiated tensor."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
 
-    def head_module(self, model: nn.Module) -> nn.Linear:
-        """The head layer itself (the name keeps the cache from holding the model alive)."""
-        return dict(model.named_modules())[self.head]
+    @property
+    def features(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def head_module(self) -> nn.Linear | None:
+        return None if self.head is None else self.head()
 
 
-def probe(
-    model: Callable, scores: Callable[[torch.Tensor, slice], torch.Tensor], x: torch.Tensor
-) -> Probe:
-    """Measure ``model`` on the first one and two samples of ``x`` (cached per shape and dtype).
-
-    ``scores(x_rows, rows)`` runs the model on those rows with their keyword arguments, giving
-    raw ``[n, C]`` scores.
-    """
-    # Swapping a layer can change C or the head, so the layers' shapes are part of the key.
-    layers = (
-        tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
-        if isinstance(model, nn.Module)
-        else ()
+def state(p: Problem) -> tuple:
+    """Everything about the call that the probe's facts depend on."""
+    modules = tuple((id(m), m.training) for root in p.owners for m in root.modules())
+    kwargs = tuple(
+        (k, tuple(v.shape[1:]) if isinstance(v, torch.Tensor) else type(v).__name__)
+        for k, v in p.kwargs.items()
     )
-    key = (tuple(x.shape[1:]), x.dtype, x.device, layers)
+    return (
+        tuple(p.x.shape[1:]),
+        p.x.dtype,
+        p.x.device,
+        p.output if isinstance(p.output, str) else "callable",
+        None if p.layer is None else id(p.layer),
+        p.layer_value is not None,
+        p.allow_random,
+        modules,
+        kwargs,
+    )
+
+
+def probe(p: Problem) -> Probe:
+    """The facts for ``p`` (measured on its first one or two samples, or taken from the cache)."""
+    found = key_of(p.model, p.owners)
+    key = None if found is None else (found[1], state(p))
+    per_model = None
+    if found is not None:
+        try:
+            per_model = _CACHE.setdefault(found[0], {})
+        except TypeError:  # not weakly referenceable: measured every time
+            per_model = None
+    if per_model is not None and key in per_model:
+        return per_model[key]
+    facts = _measure(p)
+    if per_model is not None:
+        per_model[key] = facts
+    return facts
+
+
+def forget(model: object | None = None) -> None:
+    """Drop cached facts (for the modules behind ``model``, or for every model)."""
+    if model is None:
+        _CACHE.clear()
+        return
+    from .identity import owners
+
+    found = key_of(model, owners(model))
+    if found is not None:
+        _CACHE.pop(found[0], None)
+
+
+def _measure(p: Problem) -> Probe:
+    exclude = {_ptr(t) for root in p.owners for t in (*root.parameters(), *root.buffers())}
     try:
-        per_model = _CACHE.setdefault(model, {})
-    except TypeError:  # not weak-referenceable: measure every time
-        per_model = {}
-    if key not in per_model:
-        per_model[key] = _measure(model, scores, x)
-    return per_model[key]
+        one, act1, calls = _pass(p, 1, exclude)
+        if p.batch >= 2:
+            two, act2, _ = _pass(p, 2, exclude)
+            act = max(act2 - act1, 0) or act1
+        else:
+            two, act = _pass(p, 1, exclude)[0], act1
+    except GuardError:
+        raise
+    except Exception as error:
+        _explain_failure(p, error)
+        raise
+    refuse_unconnected(one.scores, p)
+    if not p.allow_random:
+        _refuse_random_or_coupled(p, one, two)
+    head, width = None, 0
+    lin = _head_of(one, calls)
+    if lin is not None:
+        head, width = weakref.ref(lin), lin.in_features
+    diff = one.value if p.layer is not None else p.x
+    return Probe(
+        act=act,
+        classes=one.scores.shape[1],
+        shape=tuple(diff.shape[1:]),
+        dtype=diff.dtype,
+        head=head,
+        width=width,
+    )
 
 
-def _measure(model, scores, x) -> Probe:
-    exclude = set()
-    if isinstance(model, nn.Module):
-        exclude = {_ptr(t) for t in (*model.parameters(), *model.buffers())}
-    one, head, raw = _saved_bytes(model, scores, x, 1, exclude)
-    if x.shape[0] >= 2:
-        two, _, _ = _saved_bytes(model, scores, x, 2, exclude)
-        act = max(two - one, 0) or one
-    else:
-        act = one
-    width = 0 if head is None else dict(model.named_modules())[head].in_features
-    return Probe(act=act, raw=raw, head=head, width=width)
-
-
-def _saved_bytes(model, scores, x, n, exclude) -> tuple[int, str | None, torch.Tensor]:
+def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list]:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -85,26 +153,95 @@ def _saved_bytes(model, scores, x, n, exclude) -> tuple[int, str | None, torch.T
             seen[ptr] = t.untyped_storage().nbytes()
         return t
 
-    calls: list[tuple[nn.Linear, torch.Tensor]] = []
-    hooks = []
-    if isinstance(model, nn.Module):
-        for m in model.modules():
+    linears = _Linears()
+    # A copy, so that a saved input counts its own rows, not the whole batch's storage.
+    xs = p.x[:n].detach().clone()
+    if p.layer is None:
+        xs.requires_grad_()
+    value = None if p.layer_value is None else p.layer_value[:n].detach().requires_grad_()
+    with (
+        torch.enable_grad(),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        linears,
+    ):
+        result = run(p, xs, slice(0, n), value=value)
+    return result, sum(seen.values()), linears.calls
+
+
+class _Linears:
+    """Records every ``nn.Linear`` call of a forward pass and its output tensor."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[nn.Linear, torch.Tensor]] = []
+
+    def __enter__(self) -> _Linears:
+        from torch.nn.modules.module import register_module_forward_hook
+
+        def hook(m: nn.Module, _args: object, out: object) -> None:
             if isinstance(m, nn.Linear):
-                hooks.append(m.register_forward_hook(lambda mod, _i, o: calls.append((mod, o))))
+                self.calls.append((m, out))
+
+        self._handle = register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+
+def _head_of(one: Pass, calls: list[tuple[nn.Linear, torch.Tensor]]) -> nn.Linear | None:
+    target = one.pre if one.pre is not None else one.scores
+    if not calls or calls[-1][1] is not target or target.ndim != 2:
+        return None
+    mod = calls[-1][0]
+    if sum(m is mod for m, _ in calls) != 1 or type(mod).forward is not nn.Linear.forward:
+        return None
+    return mod
+
+
+def _refuse_random_or_coupled(p: Problem, one: Pass, two: Pass) -> None:
+    gap = _differs(one.scores, two.scores[:1])
+    if gap is None:
+        return
+    exclude: set[int] = set()
+    again = _pass(p, 1, exclude)[0]
+    if _differs(one.scores, again.scores) is not None:
+        ran = [one.watch.name(m) for m in one.watch.modules if m.training]
+        listed = ""
+        if ran:
+            listed = f" Modules in training mode that ran: {', '.join(dict.fromkeys(ran[:6]))}."
+        raise GuardError(
+            f"model: two forward passes on the same sample gave different outputs (largest "
+            f"difference {gap:.3g}): the model is random, so its gradients would be too.{listed} "
+            "Call model.eval() first, or pass allow_random=True to explain one random draw per "
+            "forward pass."
+        )
+    raise GuardError(
+        f"model: a sample's output changes with the other samples in its batch (largest "
+        f"difference {gap:.3g} between the sample alone and in a batch of two), so per-sample "
+        "Jacobian rows would mix samples. Batch statistics (BatchNorm in training mode, or "
+        "computed by hand) do this; call model.eval() first."
+    )
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    a, b = a.detach(), b.detach()
+    gap = float((a - b).abs().max())
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1e-30)
+    return gap if gap > 1e-4 * scale + 1e-6 else None
+
+
+def _explain_failure(p: Problem, error: Exception) -> None:
+    """Re-raise a model's error on the caller's own batch, not on the probe's one sample."""
     try:
-        # A copy, so that a saved input counts its own rows, not the whole batch's storage.
-        xs = x[:n].detach().clone().requires_grad_()
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = scores(xs, slice(0, n))
-    finally:
-        for h in hooks:
-            h.remove()
-    head = None
-    if calls and calls[-1][1] is out and out.ndim == 2:
-        mod = calls[-1][0]
-        if sum(m is mod for m, _ in calls) == 1:
-            head = next(name for name, m in model.named_modules() if m is mod)
-    return sum(seen.values()), head, out[:1].detach()
+        with torch.no_grad():
+            run(p, p.x, slice(0, p.batch), value=p.layer_value)
+    except Exception as on_batch:
+        raise on_batch from None
+    raise RuntimeError(
+        f"model: works on the whole batch but fails on its first sample alone "
+        f"({type(error).__name__}: {error}); the engine runs a sample on its own to measure the "
+        "model, so the model must accept any batch size"
+    ) from error
 
 
 def _ptr(t: torch.Tensor) -> int:

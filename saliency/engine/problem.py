@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +11,9 @@ from torch import nn
 
 from .. import targets
 from .budget import parse_memory
+from .identity import owners
 
-__all__ = ["Problem", "Shared", "make_problem"]
+__all__ = ["Problem", "Shared", "make_problem", "scores_of"]
 
 OUTPUTS = ("logits", "softmax", "log_softmax")
 
@@ -41,37 +42,53 @@ class Shared:
 
 @dataclass(frozen=True)
 class Problem:
-    """One validated request: the model, the input, the transform, the targets and the budget."""
+    """One validated request: the model, the input, the output, the targets and the budget.
+
+    ``x`` is what the model is called with; the engine differentiates ``x`` itself, or the output
+    of ``layer`` (replaced by ``layer_value`` when given).
+    """
 
     model: Callable
     x: torch.Tensor
     classes: targets.Classes
-    transform: Callable[[torch.Tensor], torch.Tensor]
-    output: object  # the caller's ``output`` argument, used as part of cache keys
+    output: object  # the caller's ``output`` argument
+    transform: Callable | None  # built-in transform of extracted scores; None for a callable
     strategy: str
     budget: int | None
     create_graph: bool
     kwargs: dict
+    layer: nn.Module | None
+    layer_name: str | None
+    layer_value: torch.Tensor | None
+    allow_random: bool
+    owners: tuple[nn.Module, ...]
 
     @property
     def batch(self) -> int:
         return self.x.shape[0]
 
-    def forward(self, x: torch.Tensor, rows: slice, repeats: int = 1) -> torch.Tensor:
-        """Model outputs ``[n, C]`` after the transform, checked, for inputs ``x`` of ``rows``."""
-        out = self.transform(self.scores(x, rows, repeats))
-        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], out.shape[-1]):
-            raise ValueError(
-                f"output: the transform must map [B, C] scores to [B, C], got "
-                f"{getattr(out, 'shape', type(out).__name__)}"
-            )
-        _check_finite(out, rows, repeats)
-        return out
+    def finish(self, raw: object, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(scores [n, C], pre)`` from the model's raw output: the checked, transformed scores,
+        and the tensor ``output`` was applied to (``None`` when that was not a tensor)."""
+        if self.transform is None:
+            out = self.output(raw)
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"output: the callable must return a tensor of scores [B, C], got "
+                    f"{type(out).__name__}"
+                )
+            pre = raw if isinstance(raw, torch.Tensor) else None
+            return _checked(out, n, "output: the callable's result"), pre
+        pre = _checked(scores_of(raw), n, "model: output")
+        return self.transform(pre), pre
 
-    def scores(self, x: torch.Tensor, rows: slice, repeats: int = 1) -> torch.Tensor:
-        """Raw model scores ``[n, C]`` (before the transform) for inputs ``x`` of ``rows``."""
-        kwargs = {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
-        return _as_scores(self.model(x, **kwargs), x.shape[0])
+    def apply_output(self, pre: torch.Tensor) -> torch.Tensor:
+        """``output`` applied to a score tensor (the head strategy's recomputed scores)."""
+        return self.output(pre) if self.transform is None else self.transform(pre)
+
+    def kwargs_for(self, rows: slice, repeats: int = 1) -> dict:
+        """Forward kwargs for ``repeats`` point-major copies of ``rows``."""
+        return {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
 
     def _rows(self, value: object, rows: slice, repeats: int) -> object:
         # Per-sample tensors (first dimension B) follow the rows; everything else passes through.
@@ -94,83 +111,116 @@ def make_problem(
     create_graph: bool,
     kwargs: dict,
     strategies: tuple[str, ...],
+    *,
+    layer: nn.Module | str | None = None,
+    layer_value: torch.Tensor | None = None,
+    allow_random: bool = False,
 ) -> Problem:
     """Check every argument and build the :class:`Problem`."""
-    _check_model(model)
-    _check_input(x)
+    if not callable(model):
+        raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
+    found = owners(model)
+    module, name = _layer(layer, found)
+    _check_input(x, layered=module is not None)
     if strategy != "auto" and strategy not in strategies:
         raise ValueError(
             f"strategy: expected 'auto' or one of {list(strategies)}, got {strategy!r}"
         )
-    if create_graph and strategy in ("forward", "head"):
-        raise ValueError(
-            f"strategy={strategy!r} does not support create_graph=True; "
-            "use 'loop', 'vmap', 'replicate' or 'auto'"
-        )
+    for flag, value in (("create_graph", create_graph), ("allow_random", allow_random)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag}: expected True or False, got {value!r}")
     if isinstance(classes, np.ndarray):  # ids ported from NumPy code
         classes = torch.as_tensor(classes)
-    if not isinstance(create_graph, bool):
-        raise TypeError(f"create_graph: expected True or False, got {create_graph!r}")
+    if layer_value is not None:
+        layer_value = _check_layer_value(layer_value, module, x)
+    if x.is_inference():  # made under torch.inference_mode: a normal copy can join a graph
+        with torch.inference_mode(False):
+            x = x.clone()
     return Problem(
         model=model,
         x=x,
         classes=classes,
-        transform=_transform(output),
         output=output,
+        transform=_transform(output),
         strategy=strategy,
         budget=parse_memory(max_memory),
         create_graph=create_graph,
         kwargs=dict(kwargs),
+        layer=module,
+        layer_name=name,
+        layer_value=layer_value,
+        allow_random=allow_random,
+        owners=found,
     )
 
 
-def _check_model(model: Callable) -> None:
-    if not callable(model):
-        raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
-    # A bound method (model.forward) or a partial carries the module it runs.
-    owner = getattr(model, "__self__", None)
-    if owner is None:
-        owner = getattr(getattr(model, "func", None), "__self__", None)
-    module = model if isinstance(model, nn.Module) else owner
-    if isinstance(module, nn.Module):
-        # Training mode, or no running statistics to use: either way batch statistics couple
-        # the samples.
-        coupled = [
-            name
-            for name, m in module.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and (m.training or m.running_mean is None)
-        ]
-        if coupled:
+def _layer(layer: nn.Module | str | None, found: tuple[nn.Module, ...]):
+    if layer is None:
+        return None, None
+    if isinstance(layer, nn.Module):
+        for root in found:
+            for name, m in root.named_modules():
+                if m is layer:
+                    return layer, name or type(layer).__name__
+        return layer, type(layer).__name__  # seen to run (or not) on the first forward pass
+    if isinstance(layer, str):
+        if not found:
             raise ValueError(
-                f"model: contains BatchNorm using batch statistics ({', '.join(coupled[:3])}): "
-                "training mode, or track_running_stats=False. It couples the samples of a batch, "
-                "so per-sample Jacobian rows would be wrong. Call model.eval() first (with "
-                "running statistics)."
+                f"layer: the name {layer!r} needs a model that is an nn.Module (or a function "
+                "or method of one); pass the module object itself"
             )
+        for root in found:
+            named = dict(root.named_modules())
+            if layer in named:
+                return named[layer], layer
+        some = [n for n, _ in found[0].named_modules() if n][:8]
+        raise ValueError(
+            f"layer: the model has no module named {layer!r}; some of its modules: {some}"
+        )
+    raise TypeError(
+        f"layer: expected an nn.Module of the model or its dotted name, got {type(layer).__name__}"
+    )
 
 
-def _check_input(x: torch.Tensor) -> None:
+def _check_input(x: torch.Tensor, *, layered: bool) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
+    if not layered and not x.is_floating_point():
         raise TypeError(
             f"x: expected a floating tensor (float32 or float64), got dtype {x.dtype}. Integer "
-            "inputs such as token ids have no input gradient: embed them first and explain the "
-            "embeddings (pass a model that takes the embedded tensor)."
+            "inputs such as token ids have no input gradient: pass layer= the embedding module "
+            "(e.g. layer=model.embeddings.word_embeddings) to explain its output instead"
         )
-    if x.ndim < 2:
+    if x.ndim < 1 or (not layered and x.ndim < 2):
         raise ValueError(
             f"x: expected a batch of rank >= 2 ([B, D], [B, C, H, W], ...), got shape "
             f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
         )
     if x.shape[0] == 0:
         raise ValueError("x: the batch is empty (B = 0)")
+    if x.device.type == "meta":
+        raise ValueError("x: is on the meta device and holds no values")
 
 
-def _transform(output: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+def _check_layer_value(value: torch.Tensor, module: nn.Module | None, x: torch.Tensor):
+    if module is None:
+        raise ValueError("layer_value: only meaningful together with layer=")
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(
+            f"layer_value: expected a floating tensor [B, *layer_output], got "
+            f"{getattr(value, 'dtype', type(value).__name__)}"
+        )
+    if value.ndim < 1 or value.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"layer_value: expected one value per sample of x ([{x.shape[0]}, ...]), got shape "
+            f"{tuple(value.shape)}"
+        )
+    return value
+
+
+def _transform(output: str | Callable) -> Callable | None:
     if callable(output):
-        return output
+        return None
     if output == "logits":
         return _identity
     if output == "softmax":
@@ -194,30 +244,49 @@ def _log_softmax(out: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(out, dim=1)
 
 
-def _as_scores(raw: object, n: int) -> torch.Tensor:
-    if not isinstance(raw, torch.Tensor):
+def scores_of(raw: object) -> torch.Tensor:
+    """The score tensor in a model's output: a tensor, a ``logits`` field (HuggingFace
+    ``ModelOutput``), a mapping's ``"logits"``, or the first element of a tuple or list."""
+    if isinstance(raw, torch.Tensor):
+        return raw
+    logits = getattr(raw, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(raw, Mapping) and isinstance(raw.get("logits"), torch.Tensor):
+        return raw["logits"]
+    if isinstance(raw, tuple | list) and raw and isinstance(raw[0], torch.Tensor):
+        return raw[0]
+    raise TypeError(
+        f"model: returned {type(raw).__name__}; expected a tensor of scores [B, C], an object "
+        "or mapping with a 'logits' tensor, or a tuple or list whose first element is the "
+        "scores. Pass output= a callable that picks the scores, e.g. output=lambda o: o['y']"
+    )
+
+
+def _checked(out: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    if not out.is_floating_point():
         raise TypeError(
-            f"model: must return a tensor of scores [B, C], got {type(raw).__name__}; wrap a model "
-            "that returns a tuple or dict so that it returns the logits"
+            f"{what} must be floating point, got dtype {out.dtype}; an integer output (argmax, "
+            "labels) has no gradient"
         )
-    if not raw.is_floating_point():
-        raise TypeError(f"model: output must be floating point, got dtype {raw.dtype}")
-    if raw.ndim == 1 and raw.shape[0] == n:
-        return raw.unsqueeze(1)
-    if raw.ndim != 2 or raw.shape[0] != n:
+    if out.ndim == 1 and out.shape[0] == n:
+        out = out.unsqueeze(1)
+    if out.ndim != 2 or out.shape[0] != n:
         raise ValueError(
-            f"model: output must have shape [B, C] = [{n}, C], got {tuple(raw.shape)}. For "
-            "segmentation maps or other outputs of higher rank, wrap the model so that it returns "
-            "one score per class, e.g. lambda x: model(x).mean(dim=(2, 3))"
+            f"{what} must have shape [B, C] = [{n}, C], got {tuple(out.shape)}. For "
+            "segmentation maps or other outputs of higher rank, reduce them to one score per "
+            "class, e.g. output=lambda o: o.mean(dim=(2, 3))"
         )
-    return raw
+    if out.shape[1] == 0:
+        raise ValueError(f"{what} has no classes (shape {tuple(out.shape)}): nothing to explain")
+    return out
 
 
-def _check_finite(out: torch.Tensor, rows: slice, repeats: int) -> None:
-    # One reduction on the fast path; the per-sample search runs only when something is off.
+def check_finite(out: torch.Tensor, rows: slice, repeats: int) -> None:
+    """Refuse non-finite outputs, naming the samples (one reduction on the fast path)."""
     if bool(torch.isfinite(out.detach().sum())):
         return
-    bad = ~torch.isfinite(out).all(dim=1)
+    bad = ~torch.isfinite(out.detach()).all(dim=1)
     if bool(bad.any()):
         n = out.shape[0] // repeats
         first = rows.start or 0

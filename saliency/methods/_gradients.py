@@ -8,7 +8,7 @@ import torch
 
 from .. import targets
 from ..attribution import Attribution
-from ..engine import evaluate
+from ..engine import evaluate, layer_name
 from ._request import describe
 from ._stream import writable
 
@@ -25,6 +25,8 @@ def gradients(
     output: str | Callable = "logits",
     strategy: str = "auto",
     max_memory: int | str | None = None,
+    layer: torch.nn.Module | str | None = None,
+    allow_random: bool = False,
     **forward_kwargs,
 ) -> Attribution:
     """Input gradients ``d F_k / d x`` of every requested class, optionally times the input.
@@ -34,17 +36,19 @@ def gradients(
 
     Parameters
     ----------
-    model, x, classes, output, strategy, max_memory, **forward_kwargs
+    model, x, classes, output, strategy, max_memory, layer, allow_random, **forward_kwargs
         As in :func:`saliency.class_jacobian`.
     times_input
-        Multiply by ``x`` (gradient x input, Captum's ``InputXGradient``).
+        Multiply by ``x`` (gradient x input, Captum's ``InputXGradient``), or with ``layer`` by
+        the layer's output (Captum's ``LayerGradientXActivation``).
     abs
         Take absolute values (after ``times_input``).
 
     Returns
     -------
     Attribution
-        ``values`` ``[B, K, *x.shape[1:]]``, method ``"gradients"``.
+        ``values`` ``[B, K, *x.shape[1:]]`` (with ``layer``: ``[B, K, *layer_output]``), method
+        ``"gradients"``.
 
     Notes
     -----
@@ -73,13 +77,15 @@ def gradients(
         output=output,
         strategy=strategy,
         max_memory=max_memory,
+        layer=layer,
+        allow_random=allow_random,
         **forward_kwargs,
     )
     values = r.values
     if times_input or abs:
         values = writable(values)
     if times_input:
-        values.mul_(x.detach().unsqueeze(1))
+        values.mul_(r.point.unsqueeze(1))
     if abs:
         values.abs_()
     params = {
@@ -90,4 +96,6 @@ def gradients(
         "strategy": r.strategy,
         "max_memory": max_memory,
     }
+    if layer is not None:
+        params["layer"] = layer_name(model, layer)
     return Attribution(values, r.classes, r.outputs, "gradients", params)

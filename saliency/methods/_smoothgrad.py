@@ -34,6 +34,8 @@ def smoothgrad(
     output: str | Callable = "logits",
     strategy: str = "auto",
     max_memory: int | str | None = None,
+    layer: torch.nn.Module | str | None = None,
+    allow_random: bool = False,
     **forward_kwargs,
 ) -> Attribution:
     """Average a method's attributions over noisy copies of ``x``, for all classes at once.
@@ -43,9 +45,12 @@ def smoothgrad(
 
     Parameters
     ----------
-    model, x, classes, output, strategy, max_memory, **forward_kwargs
+    model, x, classes, output, strategy, max_memory, layer, allow_random, **forward_kwargs
         As in :func:`saliency.class_jacobian`. ``top_k`` picks classes at ``x``, not at the noisy
-        copies. Per-sample forward kwargs follow their sample into its copies.
+        copies. Per-sample forward kwargs follow their sample into its copies. With ``layer``
+        the noise is added to the layer's output (where the gradient is taken, so token ids
+        work), and the model keeps running on ``x``; to smooth a method of your own over noisy
+        *inputs*, give it the layer instead: ``method=partial(saliency.gradcam, layer=...)``.
     n_samples
         Noisy copies per sample.
     noise
@@ -65,16 +70,18 @@ def smoothgrad(
         a seed reproduces the result bit for bit on the same device and the same chunking.
         ``None`` draws a seed and records it in ``params``.
     method
-        The method to smooth, :func:`saliency.gradients` by default; any of this package's
-        methods. Give it arguments of its own with :func:`functools.partial`, e.g.
+        The method to smooth, :func:`saliency.gradients` by default; any callable following
+        :class:`saliency.methods.Method` (Grad-CAM and :func:`saliency.from_captum` included).
+        Give it arguments of its own with :func:`functools.partial`, e.g.
         ``method=partial(saliency.integrated_gradients, steps=20)`` (it gets ``classes``,
         ``output``, ``strategy``, ``max_memory`` and the forward kwargs from here).
 
     Returns
     -------
     Attribution
-        ``values`` ``[B, K, *x.shape[1:]]``, method ``"smoothgrad"``; ``params["method"]`` and
-        ``params["method_params"]`` record the smoothed method.
+        ``values`` of the smoothed method's shape (``[B, K, *x.shape[1:]]`` for gradients),
+        method ``"smoothgrad"``; ``params["method"]`` and ``params["method_params"]`` record the
+        smoothed method.
 
     Notes
     -----
@@ -111,32 +118,48 @@ def smoothgrad(
             f"noise_std={noise_std!r}); noise is relative to each sample's range, noise_std "
             "absolute"
         )
-    req = Request(model, x, classes, output, strategy, max_memory, forward_kwargs)
-    x = req.x
-    std = _std(x, noise, noise_std)
-    rng, seed = generator(seed, x.device)
+    if layer is not None and method is not None:
+        raise ValueError(
+            "layer: smoothgrad(layer=...) adds the noise to the layer's output for its own "
+            "gradients; to smooth another method over noisy inputs, give that method the layer, "
+            "e.g. method=functools.partial(saliency.gradcam, layer=...)"
+        )
+    req = Request(
+        model, x, classes, output, strategy, max_memory, forward_kwargs,
+        layer=layer, allow_random=allow_random,
+    )  # fmt: skip
+    point = req.point()  # where the noise goes: x, or the layer's output at x
+    std = _std(point, noise, noise_std)
+    rng, seed = generator(seed, point.device)
     inner = gradients if method is None else method
+    inner_info = ("gradients", {}) if layer is not None else None
 
-    b, k, shape, n = req.batch, req.k, x.shape[1:], n_samples
-    block = b * k * x[0].numel() * x.element_size()
+    b, k, shape, n = req.batch, req.k, point.shape[1:], n_samples
+    block = b * k * point[0].numel() * point.element_size()
     held = block * (3 if variant == "var" else 1)
-    rows, budget = _stream.plan_rows(req.budget, held, x, k, n * b)
+    rows, budget = _stream.plan_rows(req.budget, held, point, k, n * b)
+
+    def attribute(values: torch.Tensor, samples: slice, m: int) -> torch.Tensor:
+        nonlocal inner_info
+        if layer is not None:
+            return req.jacobian(samples, m, budget, held, layer_value=values)
+        a = req.call(inner, values, samples, m, budget, held)
+        inner_info = inner_info or (a.method, a.params)
+        return a.values
+
     # VarGrad sums deviations from the attribution at x, not raw values: sum-of-squares minus
     # squared sum would cancel catastrophically where the noise changes little.
-    shift = None
-    if variant == "var":
-        shift = req.call(inner, x, slice(0, b), 1, budget, held).values
-    sums = torch.zeros(b, k, *shape, dtype=x.dtype, device=x.device)
-    squares = torch.zeros_like(sums) if variant == "var" else None
-    inner_info = None
-    draws = _Draws(x, std, rng)
+    shift = attribute(point, slice(0, b), 1) if variant == "var" else None
+    sums = squares = None
+    draws = _Draws(point, std, rng)
     for points, samples in _stream.chunks(n, b, rows):
         m = points.stop - points.start
-        inputs = (x[samples] + draws(points)[:, samples]).reshape(-1, *shape)
-        a = req.call(inner, inputs, samples, m, budget, held)
-        inner_info = inner_info or (a.method, a.params)
-        g = _stream.writable(a.values).reshape(m, -1, k, *shape)
-        del a
+        values = (point[samples] + draws(points)[:, samples]).reshape(-1, *shape)
+        g = _stream.writable(attribute(values, samples, m))
+        g = g.reshape(m, -1, k, *g.shape[2:])
+        if sums is None:  # the method's own shape (Grad-CAM maps are not input-shaped)
+            sums = g.new_zeros(b, k, *g.shape[3:])
+            squares = torch.zeros_like(sums) if variant == "var" else None
         if variant == "mean":
             sums[samples] += g.sum(0)
         elif variant == "squared":

@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-__all__ = ["NAMED", "blur", "make_baseline", "uniform"]
+from ..engine import layer_output
+
+__all__ = ["NAMED", "blur", "make_baseline", "make_layer_baseline", "uniform"]
 
 NAMED = ("zeros", "blur", "uniform")
 
@@ -107,3 +109,58 @@ def make_baseline(
             f"baseline: shape {tuple(value.shape)} cannot broadcast to x's shape {tuple(x.shape)}"
         )
     return value.detach().to(dtype=x.dtype, device=x.device).expand_as(x)
+
+
+def make_layer_baseline(
+    baseline: float | str | torch.Tensor | Callable,
+    req,
+    point: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The start of a path in a layer's output space, ``point``'s shape.
+
+    ``baseline`` is an input (a number, a name, a tensor broadcastable to ``x``, or a callable of
+    ``x``) whose layer output starts the path, or a floating tensor broadcastable to the layer's
+    output (``point``), used as the start itself. For integer ``x`` (token ids), a number must be
+    an int id (say, the pad id).
+    """
+    x = req.x
+    if callable(baseline) and not isinstance(baseline, torch.Tensor):
+        baseline = baseline(x)
+        if not isinstance(baseline, torch.Tensor):
+            raise TypeError(
+                f"baseline: the callable must return a tensor, got {type(baseline).__name__}"
+            )
+    if isinstance(baseline, torch.Tensor):
+        if baseline.is_floating_point() == x.is_floating_point() and _fits(baseline, x):
+            return _layer_of(req, baseline.to(device=x.device, dtype=x.dtype).expand_as(x))
+        if baseline.is_floating_point() and _fits(baseline, point):
+            return baseline.detach().to(dtype=point.dtype, device=point.device).expand_as(point)
+        raise ValueError(
+            f"baseline: a tensor of shape {tuple(baseline.shape)} and dtype {baseline.dtype} is "
+            f"neither an input like x ({tuple(x.shape)}, {x.dtype}) nor a layer output like "
+            f"{tuple(point.shape)} (floating)"
+        )
+    if not x.is_floating_point():
+        if isinstance(baseline, bool) or not isinstance(baseline, int):
+            raise ValueError(
+                f"baseline: x holds integer ids, so a baseline is an id (say, the pad id), a "
+                f"tensor of ids, or a floating tensor of the layer's output shape "
+                f"{tuple(point.shape)}; got {baseline!r}"
+            )
+        return _layer_of(req, torch.full_like(x, baseline))
+    return _layer_of(req, make_baseline(baseline, x, generator))
+
+
+def _layer_of(req, inputs: torch.Tensor) -> torch.Tensor:
+    """The layer's output when the model runs on ``inputs`` (with the request's kwargs)."""
+    return layer_output(
+        req.model, inputs.contiguous(), req.layer, allow_random=req.allow_random, **req.kw
+    )
+
+
+def _fits(value: torch.Tensor, like: torch.Tensor) -> bool:
+    try:
+        return torch.broadcast_shapes(value.shape, like.shape) == like.shape
+    except RuntimeError:
+        return False
