@@ -424,7 +424,7 @@ def test_probe_counts_rows_not_the_whole_batch():
 
     def measured(model, x):
         p = make_problem(model, x, None, "logits", "auto", None, False, {}, ("loop",))
-        return probe(p).act
+        return probe(p, None).act
 
     assert measured(nn.Linear(512, 1), torch.randn(256, 512)) <= 2 * measured(
         nn.Linear(512, 1), torch.randn(4, 512)

@@ -15,7 +15,7 @@ from . import auto
 from .budget import Plan, Sizes, plan
 from .forward import GuardError, refuse_unconnected, run
 from .identity import key_of
-from .probe import Probe, probe, state
+from .probe import Probe, identify, probe
 from .probe import forget as forget_probes
 from .problem import Problem, make_problem
 from .strategies import STRATEGIES, Chunk, Strategy
@@ -261,8 +261,9 @@ def outputs(
 
     What the engine would differentiate, computed without a graph: methods that need the scores
     at ``x`` (to resolve ``top_k``, for a completeness gap) get them here, with the same guards
-    and the same reading of model outputs and ``output`` as :func:`class_jacobian`. With
-    ``layer`` and ``layer_value``, the layer's output is replaced by ``layer_value``.
+    and the same reading of model outputs and ``output`` as :func:`class_jacobian`. ``x`` may be
+    any tensor the model takes (token ids included). With ``layer`` and ``layer_value``, the
+    layer's output is replaced by ``layer_value``.
 
     Examples
     --------
@@ -274,7 +275,7 @@ def outputs(
     """
     p = _problem(
         model, x, None, output, "auto", None, False, forward_kwargs,
-        layer, layer_value, allow_random,
+        layer, layer_value, allow_random, differentiate=False,
     )  # fmt: skip
     with torch.no_grad(), torch.inference_mode(False):
         value = None if p.layer_value is None else p.layer_value
@@ -350,12 +351,24 @@ def forget_strategy_choices(model: Callable | None = None) -> None:
 
 
 def _problem(
-    model, x, classes, output, strategy, max_memory, create_graph, kwargs, layer, value, random
+    model,
+    x,
+    classes,
+    output,
+    strategy,
+    max_memory,
+    create_graph,
+    kwargs,
+    layer,
+    value,
+    random,
+    differentiate: bool = True,
 ) -> Problem:
     with torch.inference_mode(False):
         return make_problem(
             model, x, classes, output, strategy, max_memory, create_graph, kwargs,
             tuple(STRATEGIES), layer=layer, layer_value=value, allow_random=random,
+            differentiate=differentiate,
         )  # fmt: skip
 
 
@@ -384,7 +397,8 @@ class _Engine:
     def __init__(self, p: Problem, *, stream: bool) -> None:
         self.p = p
         self.stream = stream
-        self.facts: Probe = probe(p)
+        self.ident = identify(p)
+        self.facts: Probe = probe(p, self.ident)
         self.k = targets.count(p.classes, self.facts.classes, p.batch)
         self.sizes = Sizes(
             act=self.facts.act,
@@ -417,11 +431,10 @@ class _Engine:
             if reason:
                 raise ValueError(f"strategy: {reason}; use 'loop', 'vmap' or 'auto'")
             return p.strategy
-        found = key_of(p.model, p.owners)
         self._key = None
-        if found is not None:
-            self._anchor = found[0]
-            self._key = (found[1], state(p), p.batch.bit_length(), self.k, _kind(p.classes))
+        if self.ident is not None:
+            self._anchor = self.ident[0]
+            self._key = (*self.ident[1], p.batch.bit_length(), self.k, _kind(p.classes))
             self._key += (p.create_graph, p.budget, self.stream)
             name = auto.cached(self._anchor, self._key)
             if name is not None:

@@ -82,14 +82,21 @@ def state(p: Problem) -> tuple:
     )
 
 
-def probe(p: Problem) -> Probe:
-    """The facts for ``p`` (measured on its first one or two samples, or taken from the cache)."""
+def identify(p: Problem) -> tuple[object, tuple] | None:
+    """``(anchor, key)``: the object the caches hold weakly, and everything else that identifies
+    the call's model and situation (``None``: nothing can be cached)."""
     found = key_of(p.model, p.owners)
-    key = None if found is None else (found[1], state(p))
-    per_model = None
-    if found is not None:
+    return None if found is None else (found[0], (found[1], state(p)))
+
+
+def probe(p: Problem, ident: tuple[object, tuple] | None) -> Probe:
+    """The facts for ``p`` (measured on its first one or two samples, or taken from the cache
+    under ``ident``, from :func:`identify`)."""
+    per_model, key = None, None
+    if ident is not None:
+        key = ident[1]
         try:
-            per_model = _CACHE.setdefault(found[0], {})
+            per_model = _CACHE.setdefault(ident[0], {})
         except TypeError:  # not weakly referenceable: measured every time
             per_model = None
     if per_model is not None and key in per_model:

@@ -115,13 +115,15 @@ def make_problem(
     layer: nn.Module | str | None = None,
     layer_value: torch.Tensor | None = None,
     allow_random: bool = False,
+    differentiate: bool = True,
 ) -> Problem:
-    """Check every argument and build the :class:`Problem`."""
+    """Check every argument and build the :class:`Problem` (``differentiate=False``: only the
+    model's outputs are wanted, so ``x`` may be any tensor the model takes)."""
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
     found = owners(model)
     module, name = _layer(layer, found)
-    _check_input(x, layered=module is not None)
+    _check_input(x, layered=module is not None or not differentiate)
     if strategy != "auto" and strategy not in strategies:
         raise ValueError(
             f"strategy: expected 'auto' or one of {list(strategies)}, got {strategy!r}"
