@@ -6,8 +6,9 @@ methods, pictures and audits are layers above it.
 
 from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
-from .methods import gradcam, gradients, integrated_gradients, smoothgrad
+from .methods import from_captum, gradcam, gradients, integrated_gradients, smoothgrad
 from .targets import contrast, top_k
+from .tokens import patch_scores, token_scores
 
 __version__ = "0.1.0"
 
@@ -15,10 +16,13 @@ __all__ = [
     "Attribution",
     "class_jacobian",
     "contrast",
+    "from_captum",
     "gradcam",
     "gradients",
     "integrated_gradients",
     "iter_class_jacobian",
+    "patch_scores",
     "smoothgrad",
+    "token_scores",
     "top_k",
 ]

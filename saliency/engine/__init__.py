@@ -13,7 +13,7 @@ from .jacobian import (
     layer_output,
     outputs,
 )
-from .problem import Shared
+from .problem import Shared, read_scores, scores_of
 from .strategies import STRATEGIES
 
 __all__ = [
@@ -30,4 +30,6 @@ __all__ = [
     "layer_output",
     "outputs",
     "parse_memory",
+    "read_scores",
+    "scores_of",
 ]

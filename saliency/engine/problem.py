@@ -13,7 +13,7 @@ from .. import targets
 from .budget import parse_memory
 from .identity import owners
 
-__all__ = ["Problem", "Shared", "make_problem", "scores_of"]
+__all__ = ["Problem", "Shared", "make_problem", "read_scores", "scores_of"]
 
 OUTPUTS = ("logits", "softmax", "log_softmax")
 
@@ -263,6 +263,33 @@ def scores_of(raw: object) -> torch.Tensor:
         "or mapping with a 'logits' tensor, or a tuple or list whose first element is the "
         "scores. Pass output= a callable that picks the scores, e.g. output=lambda o: o['y']"
     )
+
+
+def read_scores(raw: object, output: str | Callable = "logits") -> torch.Tensor:
+    """The scores ``[B, C]`` in a model's raw output, after ``output``, as the engine reads them.
+
+    A built-in ``output`` is applied to :func:`scores_of` the raw output; a callable ``output``
+    receives the raw output itself. ``[B]`` counts as one class.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saliency.engine import read_scores
+    >>> read_scores({"logits": torch.zeros(2, 3)}, "softmax")
+    tensor([[0.3333, 0.3333, 0.3333],
+            [0.3333, 0.3333, 0.3333]])
+    """
+    transform = _transform(output)
+    if transform is None:
+        out = output(raw)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"output: the callable must return a tensor of scores [B, C], got "
+                f"{type(out).__name__}"
+            )
+        return out.unsqueeze(1) if out.ndim == 1 else out
+    out = scores_of(raw)
+    return transform(out.unsqueeze(1) if out.ndim == 1 else out)
 
 
 def _checked(out: torch.Tensor, n: int, what: str) -> torch.Tensor:

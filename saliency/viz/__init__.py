@@ -20,6 +20,7 @@ from saliency.viz.figures import plot_classes, plot_features
 from saliency.viz.images import to_rgb
 from saliency.viz.normalize import normalize
 from saliency.viz.save import save_overlays
+from saliency.viz.tokens import tokens
 
 __all__ = [
     "grid",
@@ -30,4 +31,5 @@ __all__ = [
     "plot_features",
     "save_overlays",
     "to_rgb",
+    "tokens",
 ]
