@@ -247,7 +247,8 @@ def _explain_failure(p: Problem, error: Exception) -> None:
     raise RuntimeError(
         f"model: works on the whole batch but fails on its first sample alone "
         f"({type(error).__name__}: {error}); the engine runs a sample on its own to measure the "
-        "model, so the model must accept any batch size"
+        "model, so the model must accept any batch size. Per-sample tensors the model needs "
+        "(masks, token ids) go in as keyword arguments, which follow the rows, not in a closure"
     ) from error
 
 

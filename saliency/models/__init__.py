@@ -1,5 +1,9 @@
 """Bundled trained models and their held-out data.
 
+The text model ``"sentiment"`` takes token ids: :func:`tokenize` and :func:`tokens` convert
+between sentences and ids, and :func:`valences` says which positions hold the words that decide
+the label.
+
 Examples
 --------
 >>> from saliency import models
@@ -13,7 +17,8 @@ from __future__ import annotations
 
 import json
 import numbers
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -22,9 +27,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from saliency.models import data
-from saliency.models.architectures import CancerMLP, DigitsCNN
+from saliency.models.architectures import CancerMLP, DigitsCNN, SentimentTransformer
 
-__all__ = ["ModelInfo", "available", "held_out", "load"]
+__all__ = ["ModelInfo", "available", "held_out", "load", "tokenize", "tokens", "valences"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -40,14 +45,22 @@ class ModelInfo:
     class_names : list of str
         Label of each output logit, in order.
     feature_names : list of str or None
-        Name of each input feature; ``None`` for images.
+        Name of each input feature; ``None`` for images and text.
     input_shape : tuple of int
-        Shape of one input, without the batch dimension.
+        Shape of one input, without the batch dimension (``(T,)`` token ids for text).
     mean, std : list of float
-        Statistics used to normalise inputs (after scaling digit pixels by 1/16).
+        Statistics used to normalise inputs (after scaling digit pixels by 1/16); empty for text.
     held_out_accuracy : float
         Accuracy on the full held-out split, measured when the weights were written.
     description : str
+        What the model is and was trained on, with the sources and licences of its data.
+    vocabulary : list of str or None
+        Text models: the word of each token id (``"<pad>"`` is id 0, ``"<unk>"`` id 1).
+    valences : list of int or None
+        Text models: the valence of each token id, 0 for words that do not decide the label.
+    generator : dict or None
+        Text models: settings of :class:`saliency.models.data.SentenceGenerator` that regenerate
+        the training and held-out sentences.
     """
 
     name: str
@@ -58,6 +71,10 @@ class ModelInfo:
     std: list[float]
     held_out_accuracy: float
     description: str
+    # Optional, so that weights files written before text models existed still load.
+    vocabulary: list[str] | None = None
+    valences: list[int] | None = None
+    generator: dict[str, int | float] | None = None
 
     def to_metadata(self) -> dict[str, str]:
         """Encode as a safetensors metadata header (every value a JSON string)."""
@@ -66,7 +83,11 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ModelInfo:
         """Decode a header written by :meth:`to_metadata`; extra keys are ignored."""
-        values = {f.name: json.loads(metadata[f.name]) for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [key for key in required if key not in metadata]
+        if missing:
+            raise ValueError(f"metadata: missing keys {missing}; expected those of ModelInfo")
+        values = {f.name: json.loads(metadata[f.name]) for f in fields(cls) if f.name in metadata}
         values["input_shape"] = tuple(values["input_shape"])
         return cls(**values)
 
@@ -81,6 +102,7 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "digits": _Entry(DigitsCNN, "digits_cnn.safetensors"),
     "breast_cancer": _Entry(CancerMLP, "breast_cancer_mlp.safetensors"),
+    "sentiment": _Entry(SentimentTransformer, "sentiment_transformer.safetensors"),
 }
 
 
@@ -98,6 +120,13 @@ def _entry(name: str) -> _Entry:
 def _info(path: Path) -> ModelInfo:
     with safe_open(str(path), framework="pt") as f:
         return ModelInfo.from_metadata(f.metadata())
+
+
+def _build(entry: _Entry, info: ModelInfo) -> nn.Module:
+    """A fresh, untrained instance of the entry's architecture, sized for `info`."""
+    if info.vocabulary is None:
+        return entry.architecture()
+    return entry.architecture(vocab_size=len(info.vocabulary), classes=len(info.class_names))
 
 
 def load(name: str) -> tuple[nn.Module, ModelInfo]:
@@ -121,9 +150,10 @@ def load(name: str) -> tuple[nn.Module, ModelInfo]:
     """
     entry = _entry(name)
     path = WEIGHTS_DIR / entry.filename
-    model = entry.architecture()
+    info = _info(path)
+    model = _build(entry, info)
     model.load_state_dict(load_file(str(path)), strict=True)
-    return model.eval(), _info(path)
+    return model.eval(), info
 
 
 def held_out(name: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +169,8 @@ def held_out(name: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tenso
     Returns
     -------
     x : torch.Tensor
-        float32 inputs ``[n, *input_shape]``, normalised the way the model expects.
+        float32 inputs ``[n, *input_shape]``, normalised the way the model expects; for text
+        models, int64 token ids ``[n, T]``, regenerated from the weights file's metadata.
     y : torch.Tensor
         int64 labels ``[n]``.
 
@@ -148,15 +179,160 @@ def held_out(name: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tenso
     ValueError
         If `name` is not a bundled model or `n` is out of range.
     """
-    entry = _entry(name)
+    info = _info(WEIGHTS_DIR / _entry(name).filename)
+    if info.generator is not None:
+        settings = data.SentenceGenerator.from_dict(info.generator)
+        n = _check_n(n, settings.held_out_size, name)
+        ids, labels = data.generate_sentences(info.valences, settings, "held_out", n)
+        return torch.from_numpy(ids), torch.from_numpy(labels)
     split = data.raw_split(name)
-    total = len(split.y_held_out)
-    if n is None:
-        n = total
-    elif isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 <= n <= total:
-        raise ValueError(f"n must be None or an int in [0, {total}] for {name!r}; got {n!r}")
-    n = int(n)
+    n = _check_n(n, len(split.y_held_out), name)
     # Normalise with the statistics stored alongside the weights, which are what the model saw.
-    info = _info(WEIGHTS_DIR / entry.filename)
     x = data.normalise(name, split.x_held_out[:n], info.mean, info.std)
     return x, torch.tensor(split.y_held_out[:n], dtype=torch.int64)
+
+
+def _check_n(n: object, total: int, name: str) -> int:
+    if n is None:
+        return total
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 <= n <= total:
+        raise ValueError(f"n must be None or an int in [0, {total}] for {name!r}; got {n!r}")
+    return int(n)
+
+
+def _text_info(name: str) -> ModelInfo:
+    info = _info(WEIGHTS_DIR / _entry(name).filename)
+    if info.vocabulary is None:
+        text = [m for m in available() if _info(WEIGHTS_DIR / _entry(m).filename).vocabulary]
+        raise ValueError(f"name: expected a text model ({', '.join(text)}); got {name!r}")
+    return info
+
+
+def _check_ids(ids: object, info: ModelInfo) -> torch.Tensor:
+    vocab = len(info.vocabulary)
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.ndim != 2:
+        what = (
+            f"{ids.dtype} tensor of shape {list(ids.shape)}"
+            if isinstance(ids, torch.Tensor)
+            else type(ids).__name__
+        )
+        raise ValueError(f"ids: expected an int64 tensor [n, T]; got {what}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(
+            f"ids: expected token ids in [0, {vocab}) for {info.name!r}; "
+            f"got values from {int(ids.min())} to {int(ids.max())}"
+        )
+    return ids.detach().cpu()
+
+
+def tokenize(name: str, sentences: str | Sequence[str]) -> torch.Tensor:
+    """Turn sentences into the token ids a text model takes.
+
+    Words are lower-cased and split on white space, with punctuation around them dropped. A
+    word outside the vocabulary becomes ``"<unk>"`` (id 1), which the model was trained to treat
+    as neutral. PAD ids (0) fill each row after its last word.
+
+    Parameters
+    ----------
+    name : str
+        A text model of :func:`available`, such as ``"sentiment"``.
+    sentences : str or sequence of str
+        One sentence or several, each of 1 to ``T`` words (``T = info.input_shape[0]``).
+
+    Returns
+    -------
+    torch.Tensor
+        int64 ids ``[n, T]``; ``n = 1`` for a single str.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a text model, or a sentence has no words or more than ``T``.
+
+    Examples
+    --------
+    >>> from saliency import models
+    >>> ids = models.tokenize("sentiment", ["A great movie!", "the plot was awful"])
+    >>> ids.shape
+    torch.Size([2, 16])
+    >>> models.tokens("sentiment", ids)
+    [['a', 'great', 'movie'], ['the', 'plot', 'was', 'awful']]
+    """
+    info = _text_info(name)
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    elif not isinstance(sentences, Sequence):
+        raise TypeError(
+            f"sentences: expected a str or a sequence of str; got {type(sentences).__name__}"
+        )
+    ids = data.encode(info.vocabulary, sentences, info.input_shape[0])
+    return torch.from_numpy(ids)
+
+
+def tokens(name: str, ids: torch.Tensor) -> list[list[str]]:
+    """Turn token ids back into words, one list per row; ``" ".join`` gives the sentence.
+
+    The PAD ids after a row's last word are left out, so word ``j`` of a row is at position
+    ``j`` of `ids`; a PAD id before a word shows as ``"<pad>"``.
+
+    Parameters
+    ----------
+    name : str
+        A text model of :func:`available`.
+    ids : torch.Tensor
+        int64 token ids ``[n, T]``, as from :func:`tokenize` or :func:`held_out`.
+
+    Returns
+    -------
+    list of list of str
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a text model, or `ids` is not a 2-D int64 tensor of known ids.
+
+    Examples
+    --------
+    >>> from saliency import models
+    >>> ids, labels = models.held_out("sentiment", n=1)
+    >>> len(models.tokens("sentiment", ids)[0]) == int((ids[0] != 0).sum())
+    True
+    """
+    info = _text_info(name)
+    return data.decode(info.vocabulary, _check_ids(ids, info).numpy())
+
+
+def valences(name: str, ids: torch.Tensor) -> torch.Tensor:
+    """Return the valence of the word at each position: the ground truth of which tokens matter.
+
+    The label of a generated sentence is the sign of the sum of its valences, so the non-zero
+    positions (``valences(...) != 0``) are exactly the words that decide it; fillers, UNK and PAD
+    have valence 0. The values come from the AFINN lexicon (integers in [-5, 5]).
+
+    Parameters
+    ----------
+    name : str
+        A text model of :func:`available`.
+    ids : torch.Tensor
+        int64 token ids ``[n, T]``.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``[n, T]``.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a text model, or `ids` is not a 2-D int64 tensor of known ids.
+
+    Examples
+    --------
+    >>> from saliency import models
+    >>> ids = models.tokenize("sentiment", "a great movie")
+    >>> models.valences("sentiment", ids)[0, :4].tolist()
+    [0.0, 3.0, 0.0, 0.0]
+    """
+    info = _text_info(name)
+    table = torch.tensor(info.valences, dtype=torch.float32)
+    return table[_check_ids(ids, info)]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-__all__ = ["CancerMLP", "DigitsCNN"]
+__all__ = ["CancerMLP", "DigitsCNN", "SentimentTransformer"]
 
 
 class DigitsCNN(nn.Module):
@@ -55,3 +57,80 @@ class CancerMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of feature vectors."""
         return self.layers(x)
+
+
+class _EncoderLayer(nn.Module):
+    """One post-norm transformer encoder layer that ignores PAD keys.
+
+    Written out instead of ``nn.TransformerEncoderLayer`` so that no fused inference fast path
+    (which changes numerics and skips padded rows) runs in eval mode, and so that ``torch.func``
+    transforms see plain operations.
+    """
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"heads must divide dim; got dim={dim}, heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.feedforward = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = h.shape
+        q, k, v = (
+            t.reshape(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+            for t in self.qkv(h).chunk(3, dim=-1)
+        )
+        scores = q @ k.transpose(-2, -1) / math.sqrt(dim // self.heads)
+        # A finite fill keeps an all-PAD row finite (uniform weights) instead of NaN.
+        scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+        mixed = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, dim)
+        h = self.norm1(h + self.out(mixed))
+        return self.norm2(h + self.feedforward(h))
+
+
+class SentimentTransformer(nn.Module):
+    """Token embedding, one transformer encoder layer, masked mean pool and a linear head.
+
+    Maps token ids of shape ``[B, T]`` (int64, PAD id 0 at the end) to logits ``[B, classes]``.
+    Token order is not encoded: the sentiment label is a function of the bag of words.
+    ``forward(ids) == classify(embed(ids), ids)``, so attributions can be taken with respect to
+    the embeddings.
+
+    Parameters
+    ----------
+    vocab_size : int
+        Number of token ids, PAD (id 0) included.
+    classes : int
+        Number of output logits.
+    dim, heads, hidden : int
+        Embedding width, attention heads and feed-forward width.
+    """
+
+    def __init__(
+        self, vocab_size: int, classes: int = 2, dim: int = 32, heads: int = 2, hidden: int = 64
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.encoder = _EncoderLayer(dim, heads, hidden)
+        self.head = nn.Linear(dim, classes)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return the token embeddings ``[B, T, dim]`` of token ids ``[B, T]``."""
+        return self.embedding(ids)
+
+    def classify(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Return logits for embeddings ``[B, T, dim]``; `ids` ``[B, T]`` only say where PAD is."""
+        keep = ids != 0
+        h = self.encoder(embeddings, keep)
+        weights = keep.to(h.dtype).unsqueeze(-1)
+        # clamp: an all-PAD row pools to zeros (logits = head bias) rather than dividing by 0.
+        pooled = (h * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.head(pooled)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return class logits for a batch of token ids."""
+        return self.classify(self.embed(ids), ids)

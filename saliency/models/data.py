@@ -1,16 +1,40 @@
-"""Scikit-learn data sets, their fixed train/held-out split, and input normalisation."""
+"""The bundled models' data: scikit-learn sets with a fixed split, and generated sentences.
+
+The scikit-learn sets (digits, breast cancer) are split 80/20 and normalised. The sentiment
+sentences are generated deterministically from a lexicon (vocabulary and per-word valence) and
+generator settings, both stored in the model's weights file, so no word list is needed at run time.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from functools import cache
+from typing import Literal
 
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "RawSplit", "fit_normalisation", "normalise", "raw_split"]
+__all__ = [
+    "DATASETS",
+    "PAD",
+    "PAD_ID",
+    "TEXT_DATASETS",
+    "UNK",
+    "UNK_ID",
+    "RawSplit",
+    "SentenceGenerator",
+    "decode",
+    "encode",
+    "fit_normalisation",
+    "generate_sentences",
+    "normalise",
+    "raw_split",
+]
 
-DATASETS: tuple[str, ...] = ("digits", "breast_cancer")
+TEXT_DATASETS: tuple[str, ...] = ("sentiment",)
+DATASETS: tuple[str, ...] = ("digits", "breast_cancer", *TEXT_DATASETS)
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
 
@@ -39,6 +63,11 @@ class RawSplit:
 
 
 def _check_dataset(name: str) -> None:
+    if name in TEXT_DATASETS:
+        raise ValueError(
+            f"name: {name!r} is a generated text data set; use generate_sentences, not the "
+            "scikit-learn split and normalisation"
+        )
     if name not in DATASETS:
         raise ValueError(f"name must be one of {list(DATASETS)}; got {name!r}")
 
@@ -135,3 +164,212 @@ def normalise(name: str, x: np.ndarray, mean: list[float], std: list[float]) -> 
     z = (_scaled(name, np.asarray(x, dtype=np.float64)) - np.asarray(mean)) / np.asarray(std)
     t = torch.tensor(z, dtype=torch.float32)
     return t.reshape(-1, 1, 8, 8) if name == "digits" else t
+
+
+# ----------------------------------------------------------------------------- sentences
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+
+
+@dataclass(frozen=True)
+class SentenceGenerator:
+    """Settings of the sentence generator: lengths, valence words per sentence, seeds, sizes.
+
+    A sentence has between `min_words` and `length` words, PAD ids fill the rest. Between 1 and
+    `max_valence_words` of its words (never all of them) are valence words, the others fillers.
+    Its label is 1 ("positive") if the valences sum to more than 0, else 0 ("negative");
+    sentences whose valences sum to 0 are redrawn. In training sentences, each filler is replaced
+    by the UNK token with probability `train_unk_rate`, so that UNK learns to be neutral.
+    """
+
+    length: int = 16
+    min_words: int = 4
+    max_valence_words: int = 3
+    train_seed: int = 1
+    train_size: int = 10_000
+    held_out_seed: int = 2
+    held_out_size: int = 2_000
+    train_unk_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_words <= self.length:
+            raise ValueError(
+                f"min_words must be in [2, length={self.length}]; got {self.min_words}"
+            )
+        if not 1 <= self.max_valence_words < self.min_words:
+            raise ValueError(
+                f"max_valence_words must be in [1, min_words={self.min_words}); "
+                f"got {self.max_valence_words}"
+            )
+        if not 0.0 <= self.train_unk_rate < 1.0:
+            raise ValueError(f"train_unk_rate must be in [0, 1); got {self.train_unk_rate}")
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Return the settings as a JSON-ready dict (stored in the weights file)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, int | float]) -> SentenceGenerator:
+        """Rebuild settings from :meth:`to_dict`; unknown keys are an error."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"generator settings: unknown keys {sorted(unknown)}")
+        return cls(**values)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    # SplitMix64's finaliser on uint64 arrays (wrapping arithmetic). A hash of counters, unlike a
+    # library generator, gives the same sentences under every NumPy and torch version.
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniform(seed: int, sentence: np.ndarray, attempt: np.ndarray, slots: int) -> np.ndarray:
+    """Random uint64 ``[n, slots]``: a pure function of (seed, sentence, attempt, slot)."""
+    base = _mix(np.full(sentence.shape, seed & _MASK64, dtype=np.uint64))
+    base = _mix(base ^ sentence.astype(np.uint64))
+    base = _mix(base ^ attempt.astype(np.uint64))
+    return _mix(base[:, None] ^ np.arange(slots, dtype=np.uint64)[None, :])
+
+
+def _draw(
+    valences: np.ndarray,
+    settings: SentenceGenerator,
+    seed: int,
+    sentence: np.ndarray,
+    attempt: np.ndarray,
+    unk_rate: float,
+) -> np.ndarray:
+    """One attempt at each listed sentence: token ids ``[n, length]``."""
+    t = settings.length
+    fillers = np.flatnonzero(valences == 0)
+    fillers = fillers[fillers > UNK_ID]
+    words = np.flatnonzero(valences != 0)
+    # Slot groups: 0 length, 1 valence-word count, then per position: sort key, valence word,
+    # filler, UNK draw.
+    u = _uniform(seed, sentence, attempt, 2 + 4 * t)
+    span = np.uint64(settings.length - settings.min_words + 1)
+    length = settings.min_words + (u[:, 0] % span).astype(np.int64)
+    count = 1 + (u[:, 1] % np.uint64(settings.max_valence_words)).astype(np.int64)
+    key, word, filler, unk = (u[:, 2 + i * t : 2 + (i + 1) * t] for i in range(4))
+    position = np.arange(t)[None, :]
+    present = position < length[:, None]
+    # The `count` present positions with the smallest keys hold the valence words.
+    key = np.where(present, key >> np.uint64(1), np.uint64(_MASK64))
+    rank = np.argsort(np.argsort(key, axis=1, kind="stable"), axis=1, kind="stable")
+    is_word = rank < count[:, None]
+    ids = np.where(
+        is_word,
+        words[(word % np.uint64(len(words))).astype(np.int64)],
+        fillers[(filler % np.uint64(len(fillers))).astype(np.int64)],
+    )
+    if unk_rate > 0:
+        # Compare in 53-bit units so that the rate is exact for float rates.
+        draw = (unk >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        ids = np.where(~is_word & (draw < unk_rate), UNK_ID, ids)
+    return np.where(present, ids, PAD_ID).astype(np.int64)
+
+
+def generate_sentences(
+    valences: Sequence[int],
+    settings: SentenceGenerator,
+    split: Literal["train", "held_out"],
+    n: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate the first `n` sentences of a split, with their labels.
+
+    Sentence ``i`` depends only on the lexicon, the settings, the split's seed and ``i``, so the
+    first ``n`` sentences are the same whatever ``n`` is.
+
+    Parameters
+    ----------
+    valences : sequence of int
+        Valence of each vocabulary id: 0 for PAD, UNK and fillers, non-zero for valence words.
+    settings : SentenceGenerator
+    split : {"train", "held_out"}
+    n : int, optional
+        Number of sentences; the split's size if ``None``.
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        int64 token ids ``[n, settings.length]``, PAD (0) after the last word.
+    labels : numpy.ndarray
+        int64 ``[n]``: 1 where the valences sum to more than 0, else 0.
+
+    Examples
+    --------
+    >>> ids, labels = generate_sentences([0, 0, 0, 0, 3, -2], SentenceGenerator(), "held_out", 2)
+    >>> ids.shape, labels.shape
+    ((2, 16), (2,))
+    """
+    table = np.asarray(valences, dtype=np.int64)
+    if table.ndim != 1 or table[PAD_ID] != 0 or table[UNK_ID] != 0:
+        raise ValueError("valences: expected one int per id, 0 for PAD (id 0) and UNK (id 1)")
+    if not (table[2:] == 0).any() or not (table > 0).any() or not (table < 0).any():
+        raise ValueError("valences: expected fillers (0) and both positive and negative words")
+    if split == "train":
+        seed, size, unk_rate = settings.train_seed, settings.train_size, settings.train_unk_rate
+    elif split == "held_out":
+        seed, size, unk_rate = settings.held_out_seed, settings.held_out_size, 0.0
+    else:
+        raise ValueError(f"split must be 'train' or 'held_out'; got {split!r}")
+    n = size if n is None else n
+    sentence = np.arange(n, dtype=np.int64)
+    ids = _draw(table, settings, seed, sentence, np.zeros(n, np.int64), unk_rate)
+    attempt = np.zeros(n, dtype=np.int64)
+    # Redraw ties; each try ties with probability well under 1/2, so this ends in a few rounds.
+    while True:
+        tied = np.flatnonzero(table[ids].sum(axis=1) == 0)
+        if tied.size == 0:
+            break
+        attempt[tied] += 1
+        ids[tied] = _draw(table, settings, seed, sentence[tied], attempt[tied], unk_rate)
+    labels = (table[ids].sum(axis=1) > 0).astype(np.int64)
+    return ids, labels
+
+
+_STRIP = string.punctuation + string.whitespace
+
+
+def encode(vocabulary: Sequence[str], sentences: Sequence[str], length: int) -> np.ndarray:
+    """Turn sentences into token ids ``[n, length]``: lower case, split on white space.
+
+    Punctuation around a word is dropped; a word not in `vocabulary` becomes UNK (id 1).
+
+    Raises
+    ------
+    ValueError
+        If a sentence has no words or more than `length` words.
+    """
+    index = {word: i for i, word in enumerate(vocabulary)}
+    out = np.full((len(sentences), length), PAD_ID, dtype=np.int64)
+    for row, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"sentences[{row}]: expected a str; got {type(sentence).__name__}")
+        words = [w for w in (w.strip(_STRIP) for w in sentence.lower().split()) if w]
+        if not 1 <= len(words) <= length:
+            raise ValueError(
+                f"sentences[{row}]: expected 1 to {length} words; got {len(words)} in {sentence!r}"
+            )
+        out[row, : len(words)] = [index.get(w, UNK_ID) for w in words]
+    return out
+
+
+def decode(vocabulary: Sequence[str], ids: np.ndarray) -> list[list[str]]:
+    """Turn token ids ``[n, T]`` back into words, leaving out the PAD ids at the end of each row.
+
+    PAD ids inside a row stay, as ``"<pad>"``, so that word ``j`` is at position ``j``.
+    """
+    out = []
+    for row in np.asarray(ids).tolist():
+        while row and row[-1] == PAD_ID:
+            row.pop()
+        out.append([vocabulary[i] for i in row])
+    return out

@@ -2,28 +2,39 @@
 
 Run ``python -m saliency.models.train [--out DIR]`` to rewrite the shipped weights.
 Two runs with the same seed, torch build and machine give bit-identical weights.
+Training the sentiment model needs the ``afinn`` package (for its word list); nothing else does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save
 from torch import nn
 
 from saliency._atomic import atomic_write
-from saliency.models import WEIGHTS_DIR, ModelInfo, _entry, available, data
+from saliency.models import WEIGHTS_DIR, ModelInfo, _build, _entry, available, data
 
-__all__ = ["RECIPES", "Recipe", "main", "train_model"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "afinn_valences",
+    "held_out_digest",
+    "main",
+    "sentiment_lexicon",
+    "train_model",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,9 @@ class Recipe:
     lr: float
     weight_decay: float
     description: str
+    # None: torch's thread count. 1 for tiny models, whose ops are too small to split: faster
+    # on a busy machine, and the weights then do not depend on the number of cores.
+    threads: int | None = None
 
 
 RECIPES: dict[str, Recipe] = {
@@ -58,7 +72,66 @@ RECIPES: dict[str, Recipe] = {
             "data; input [30]: per-feature (x - mean) / std."
         ),
     ),
+    "sentiment": Recipe(
+        epochs=12,
+        batch_size=64,
+        lr=1e-3,
+        weight_decay=1e-4,
+        threads=1,
+        description=(
+            "Token embedding (dim 32), one transformer encoder layer (2 heads, no positional "
+            "encoding), masked mean pool and a linear head, trained on generated sentences of "
+            "up to 16 words: neutral fillers plus 1 to 3 valence words; label 'positive' if the "
+            "words' valences sum to more than 0, else 'negative' (ties are never generated). "
+            "Input [16]: int64 token ids, PAD (0) after the last word. Contains information "
+            "from AFINN (AFINN-en-165, https://github.com/fnielsen/afinn, by Finn Årup "
+            "Nielsen), which is made available here under the Open Database License (ODbL), "
+            "https://opendatacommons.org/licenses/odbl/1-0/: the valences of the words in the "
+            "'vocabulary' and 'valences' metadata are AFINN's."
+        ),
+    ),
 }
+
+# Words that carry no sentiment: the context in which the valence words sit.
+FILLERS: tuple[str, ...] = tuple(
+    """
+    the a an this that these those movie film story plot scene ending actor actors cast director
+    script dialogue music camera character characters screen show series episode sequel book
+    version cinema theater audience role part moment minutes hour time year is was were are be
+    been seems seemed felt looks became remains and but or so then also just really quite very
+    rather still even too with of in on to for at by from about into over after before during
+    it its he she they we i you his her their who what which when while first last whole other
+    another same new old long short
+    """.split()
+)
+
+# Candidate valence words in order of preference; the first ones AFINN scores clearly (|v| >= 2)
+# with the expected sign are used. Common review words, no profanity.
+POSITIVE_CANDIDATES: tuple[str, ...] = tuple(
+    """
+    great excellent amazing awesome wonderful fantastic brilliant superb outstanding perfect
+    beautiful lovely delightful enjoyable fun funny good nice best love loved enjoy enjoyed
+    charming impressive impressed masterpiece breathtaking stunning thrilled exciting excited
+    happy glad pleasant sweet inspiring inspired fascinating hilarious entertaining remarkable
+    marvelous magnificent terrific fabulous admire adore adored recommend recommended winner
+    worth clever strong success successful thoughtful triumph joy joyful elegant heartwarming
+    perfectly splendid excellence praise satisfied favorite superior glorious interesting
+    """.split()
+)
+NEGATIVE_CANDIDATES: tuple[str, ...] = tuple(
+    """
+    bad terrible awful horrible boring bored dull poor worst hate hated disappointing
+    disappointed disappointment mess stupid ugly annoying annoyed weak wasted pathetic ridiculous
+    dreadful disaster disastrous fail failed failure flop lame sad painful tired worse worthless
+    useless lousy nonsense confusing confused miserable horrendous atrocious regret regretted
+    angry upset sloppy hideous nasty unpleasant unhappy dislike disliked fake problem problems
+    poorly hopeless wrong gloomy depressing mediocrity tragic inferior awkward shame shameful
+    offensive
+    """.split()
+)
+WORDS_PER_SIGN = 60
+MIN_ABS_VALENCE = 2
+AFINN_FILE = "AFINN-en-165.txt"
 
 
 @contextlib.contextmanager
@@ -72,8 +145,80 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if n is None or n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def afinn_valences() -> dict[str, int]:
+    """Read the English AFINN lexicon (word -> valence in [-5, 5]) shipped by ``afinn``.
+
+    Raises
+    ------
+    ImportError
+        If the ``afinn`` package, a training-only dependency, is not installed.
+    """
+    try:
+        import afinn
+    except ImportError as e:
+        raise ImportError(
+            "training the sentiment model needs the AFINN word list: pip install afinn"
+        ) from e
+    path = Path(afinn.__file__).resolve().parent / "data" / AFINN_FILE
+    valences = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        word, _, value = line.rpartition("\t")
+        valences[word] = int(value)
+    return valences
+
+
+def sentiment_lexicon(afinn: dict[str, int]) -> tuple[list[str], list[int]]:
+    """Build the sentiment vocabulary and each word's valence from the AFINN lexicon.
+
+    Ids: ``"<pad>"`` 0, ``"<unk>"`` 1, then :data:`FILLERS` (valence 0), then the first
+    :data:`WORDS_PER_SIGN` positive and negative candidates that AFINN scores with the expected
+    sign and ``|valence| >= MIN_ABS_VALENCE``.
+
+    Raises
+    ------
+    ValueError
+        If a filler has a valence in AFINN or too few candidates qualify.
+    """
+    scored = [w for w in FILLERS if afinn.get(w, 0) != 0]
+    if scored:
+        raise ValueError(f"FILLERS: these words have an AFINN valence: {scored}")
+    chosen = []
+    for sign, candidates in ((1, POSITIVE_CANDIDATES), (-1, NEGATIVE_CANDIDATES)):
+        ok = [w for w in candidates if sign * afinn.get(w, 0) >= MIN_ABS_VALENCE]
+        if len(ok) < WORDS_PER_SIGN:
+            raise ValueError(
+                f"only {len(ok)} {'positive' if sign > 0 else 'negative'} candidates qualify; "
+                f"expected at least {WORDS_PER_SIGN}"
+            )
+        chosen += ok[:WORDS_PER_SIGN]
+    vocabulary = [data.PAD, data.UNK, *FILLERS, *chosen]
+    if len(set(vocabulary)) != len(vocabulary):
+        raise ValueError("vocabulary: a word is listed twice")
+    return vocabulary, [afinn.get(w, 0) if w in chosen else 0 for w in vocabulary]
+
+
+def held_out_digest(ids: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of token ids and labels as little-endian int64, to recognise a split later."""
+    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
 def _fit(
-    architecture: type[nn.Module],
+    build: Callable[[], nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
     recipe: Recipe,
@@ -81,9 +226,9 @@ def _fit(
     seed: int,
 ) -> nn.Module:
     # fork_rng keeps the caller's global RNG state untouched by the seeding below.
-    with torch.random.fork_rng(devices=[]), _deterministic():
+    with torch.random.fork_rng(devices=[]), _deterministic(), _threads(recipe.threads):
         torch.manual_seed(seed)
-        model = architecture()
+        model = build()
         shuffle = torch.Generator().manual_seed(seed)
         optimiser = torch.optim.Adam(
             model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
@@ -136,6 +281,11 @@ def train_model(
         The written ``.safetensors`` file.
     info : ModelInfo
         The metadata stored in it.
+
+    Raises
+    ------
+    ImportError
+        For ``"sentiment"`` when the training-only ``afinn`` package is missing.
     """
     entry = _entry(name)
     recipe = RECIPES[name]
@@ -144,33 +294,19 @@ def train_model(
     elif isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be None or a positive int; got {epochs!r}")
 
-    split = data.raw_split(name)
-    mean, std = data.fit_normalisation(name, split.x_train)
-    x_train = data.normalise(name, split.x_train, mean, std)
-    x_held_out = data.normalise(name, split.x_held_out, mean, std)
-    y_train = torch.tensor(split.y_train, dtype=torch.int64)
-    y_held_out = torch.tensor(split.y_held_out, dtype=torch.int64)
-
-    model = _fit(entry.architecture, x_train, y_train, recipe, epochs, seed)
-    info = ModelInfo(
-        name=name,
-        class_names=list(split.class_names),
-        feature_names=None if split.feature_names is None else list(split.feature_names),
-        input_shape=tuple(x_train.shape[1:]),
-        mean=mean,
-        std=std,
-        held_out_accuracy=_accuracy(model, x_held_out, y_held_out),
-        description=recipe.description,
-    )
+    prepare = _text_data if name in data.TEXT_DATASETS else _table_data
+    x_train, y_train, x_held_out, y_held_out, info, about_data = prepare(name, recipe)
+    model = _fit(lambda: _build(entry, info), x_train, y_train, recipe, epochs, seed)
+    info = replace(info, held_out_accuracy=_accuracy(model, x_held_out, y_held_out))
     training = {
         "optimiser": "Adam",
         "epochs": epochs,
         "batch_size": recipe.batch_size,
         "lr": recipe.lr,
         "weight_decay": recipe.weight_decay,
+        "threads": recipe.threads,
         "seed": seed,
-        "split_seed": data.SPLIT_SEED,
-        "held_out_fraction": data.HELD_OUT_FRACTION,
+        **about_data,
     }
     metadata = info.to_metadata() | {
         "architecture": json.dumps(entry.architecture.__name__),
@@ -182,6 +318,69 @@ def train_model(
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     _write_atomic(path, tensors, metadata)
     return path, info
+
+
+_Prepared = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ModelInfo, dict]
+
+
+def _table_data(name: str, recipe: Recipe) -> _Prepared:
+    split = data.raw_split(name)
+    mean, std = data.fit_normalisation(name, split.x_train)
+    x_train = data.normalise(name, split.x_train, mean, std)
+    info = ModelInfo(
+        name=name,
+        class_names=list(split.class_names),
+        feature_names=None if split.feature_names is None else list(split.feature_names),
+        input_shape=tuple(x_train.shape[1:]),
+        mean=mean,
+        std=std,
+        held_out_accuracy=float("nan"),
+        description=recipe.description,
+    )
+    return (
+        x_train,
+        torch.tensor(split.y_train, dtype=torch.int64),
+        data.normalise(name, split.x_held_out, mean, std),
+        torch.tensor(split.y_held_out, dtype=torch.int64),
+        info,
+        {"split_seed": data.SPLIT_SEED, "held_out_fraction": data.HELD_OUT_FRACTION},
+    )
+
+
+def _text_data(name: str, recipe: Recipe) -> _Prepared:
+    vocabulary, valences = sentiment_lexicon(afinn_valences())
+    settings = data.SentenceGenerator()
+    x_train, y_train = data.generate_sentences(valences, settings, "train")
+    x_held_out, y_held_out = data.generate_sentences(valences, settings, "held_out")
+    # No held-out sentence is trained on, even where the two seeds happen to draw it.
+    seen = {row.tobytes() for row in x_held_out}
+    fresh = np.array([row.tobytes() not in seen for row in x_train], dtype=bool)
+    info = ModelInfo(
+        name=name,
+        class_names=["negative", "positive"],
+        feature_names=None,
+        input_shape=(settings.length,),
+        mean=[],
+        std=[],
+        held_out_accuracy=float("nan"),
+        description=recipe.description,
+        vocabulary=vocabulary,
+        valences=valences,
+        generator=settings.to_dict(),
+    )
+    return (
+        torch.from_numpy(x_train[fresh]),
+        torch.from_numpy(y_train[fresh]),
+        torch.from_numpy(x_held_out),
+        torch.from_numpy(y_held_out),
+        info,
+        {
+            "lexicon": AFINN_FILE,
+            "dropped_train_duplicates_of_held_out": int((~fresh).sum()),
+            # Lets a test check that the sentences regenerated at run time are these.
+            "held_out_sha256": held_out_digest(x_held_out, y_held_out),
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
