@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,39 @@ class Attribution:
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "classes", c.to(torch.long).contiguous())
 
-    # -- picking classes -------------------------------------------------------------------
+    # -- picking samples and classes -------------------------------------------------------
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def __getitem__(self, samples: int | slice | Sequence[int] | torch.Tensor) -> Attribution:
+        """The same attribution for some samples only (all their classes): ``a[:4]``, ``a[[0, 5]]``,
+        ``a[mask]``; an int keeps a batch of one.
+
+        Examples
+        --------
+        >>> import torch, saliency
+        >>> a = saliency.gradients(torch.nn.Linear(3, 2), torch.randn(5, 3))
+        >>> a[1:3].values.shape, len(a[torch.tensor([True, False, True, True, False])])
+        (torch.Size([2, 2, 3]), 3)
+        """
+        if isinstance(samples, bool) or isinstance(samples, str):
+            raise TypeError(f"samples: expected an int, a slice or indices, got {samples!r}")
+        if isinstance(samples, int):
+            samples = slice(samples, samples + 1 if samples != -1 else None)
+        elif not isinstance(samples, slice):
+            samples = torch.as_tensor(samples, device=self.values.device)
+            if samples.dtype != torch.bool:
+                samples = samples.long()
+        delta = None if self.delta is None else self.delta[samples]
+        return Attribution(
+            self.values[samples],
+            self.classes[samples],
+            self.outputs[samples],
+            self.method,
+            self.params,
+            delta,
+        )
+
     def select(self, class_id: int) -> torch.Tensor:
         """The values of class ``class_id`` for every sample, ``[B, *input_shape]``.
 

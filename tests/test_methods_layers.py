@@ -185,3 +185,33 @@ def test_adaptive_steps_arguments():
         saliency.integrated_gradients(lin, x, steps="many")
     a = saliency.integrated_gradients(lin, x, steps="auto")  # linear: exact at once
     assert a.params["steps_used"] == [[33, 33], [33, 33]]
+
+
+@pytest.fixture(scope="module")
+def sentiment():
+    model, _ = models.load("sentiment")
+    ids, labels = models.held_out("sentiment", n=64)
+    return model, ids, labels
+
+
+def test_layer_integrated_gradients_on_the_bundled_text_model_equal_captum(sentiment):
+    model, ids, _ = sentiment
+    ids = ids[:4]
+    a = saliency.integrated_gradients(model, ids, layer="embedding", baseline=0, steps=12)
+    lig = LayerIntegratedGradients(model, model.embedding)
+    for k in range(2):
+        ref = lig.attribute(ids, baselines=torch.zeros_like(ids), target=k, n_steps=12)
+        torch.testing.assert_close(a.values[:, k], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_token_attributions_point_at_the_words_that_decide_the_label(sentiment):
+    model, ids, labels = sentiment
+    a = saliency.integrated_gradients(model, ids, layer=model.embedding, baseline=0, steps=16)
+    scores = saliency.token_scores(a).values  # [n, 2, T]
+    predicted = a.outputs.argmax(1)
+    right = predicted == labels
+    top = scores[torch.arange(len(ids)), predicted].argmax(1)
+    valence = models.valences("sentiment", ids)
+    rate = (valence[torch.arange(len(ids)), top] != 0)[right].float().mean()
+    assert right.float().mean() > 0.95
+    assert rate >= 0.9  # measured: 1.0 on these 64 sentences (and on 200)

@@ -142,7 +142,7 @@ ERRORS = [
     ),
     ({"scores": np.ones((1, 1, 1, 6))}, ValueError, r"scores: expected \[T\]"),
     ({"scores": np.array([1.0, np.nan, 0, 0, 0, 0])}, ValueError, "scores: holds NaN"),
-    ({"tokens": WORDS[:5]}, ValueError, "tokens: sample 0 has 5 tokens; expected 6"),
+    ({"tokens": [*WORDS, "extra"]}, ValueError, "tokens: sample 0 has 7 tokens for 6 scores"),
     ({"tokens": "the film"}, TypeError, "tokens: expected a list"),
     ({"tokens": [1, 2, 3, 4, 5, 6]}, TypeError, "tokens: expected strings, got 1"),
     ({"tokens": [WORDS, WORDS]}, ValueError, "tokens: expected 1 lists"),
@@ -194,3 +194,10 @@ def test_rows_wrap_at_the_width():
     assert narrow.height > 3 * wide.height
     with pytest.raises(ValueError, match="width: expected an int"):
         picture.image(width=10)
+
+
+def test_fewer_tokens_than_scores_leave_the_padding_undrawn():
+    scores = np.arange(6.0)
+    picture = tokens(scores, WORDS[:4])  # tokenizers often drop trailing padding
+    assert picture.lines[0].tokens == tuple(WORDS[:4])
+    np.testing.assert_array_equal(picture.lines[0].scores, scores[:4])

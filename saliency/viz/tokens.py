@@ -156,7 +156,8 @@ def tokens(
         :func:`saliency.token_scores`); or a tensor or array for one sample, ``[K, T]`` (row ``k``
         is class ``k``) or ``[T]``, or a batch ``[B, K, T]``.
     tokens
-        The token strings: a list of ``T`` strings for one sample, or ``B`` such lists.
+        The token strings: a list of ``T`` strings for one sample, or ``B`` such lists. A list
+        may be shorter than ``T``: the last positions (trailing padding) are then not drawn.
     classes
         Class ids to draw (an int or a list), each of which every sample must have; None draws
         every row.
@@ -308,9 +309,10 @@ def _texts(tokens: object, n_samples: int, length: int) -> list[list[str]]:
             raise TypeError(
                 f"tokens: sample {b} is a {type(sample).__name__}; expected a list of strings"
             )
-        if len(sample) != length:
+        if len(sample) > length:
             raise ValueError(
-                f"tokens: sample {b} has {len(sample)} tokens; expected {length} (one per score)"
+                f"tokens: sample {b} has {len(sample)} tokens for {length} scores; expected at "
+                f"most one token per score (fewer: the last positions, padding, are not drawn)"
             )
         bad = next((t for t in sample if not isinstance(t, str)), None)
         if bad is not None:
