@@ -20,7 +20,15 @@ before the next). The later rounds are timed, rows in rotating order, and the me
 Threads: one by default, as in ``benchmarks/engine.py``: on a shared 2-core machine two intra-op
 threads stall whenever another process holds a core. ``--threads 0`` keeps torch's default.
 
-Run: ``python benchmarks/methods.py`` (about three minutes on 2 CPU cores; ``--help``).
+A second table times the layer methods the same way, for every class: ``saliency.gradcam`` against
+Captum's ``LayerGradCam`` (+ ``LayerAttribution.interpolate``) and
+``saliency.integrated_gradients(..., layer=...)`` against ``LayerIntegratedGradients``, looped over
+the classes, on the bundled digits CNN, a HuggingFace ResNet with 100 classes and a HuggingFace BERT
+explained at its word embeddings (token ids in, 20 path points), all built from small configs
+(random weights, no downloads). pytorch-grad-cam is not in the table: it imports torchvision (and
+OpenCV and ttach) at import time, and torchvision does not import beside the CPU torch used here.
+
+Run: ``python benchmarks/methods.py`` (a few minutes on 2 CPU cores; ``--help``).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from _models import MODELS, SPECS  # noqa: E402
 from _report import fmt_mb, fmt_ms, machine, peak_memory, table, write_section  # noqa: E402
 
 import saliency  # noqa: E402
+from saliency import models as bundled  # noqa: E402
 
 N = 50  # noisy samples and path points
 STD = 0.1
@@ -167,6 +176,123 @@ def run_case(name: str, batch: int, rounds: int, device: str) -> list[list[str]]
     return out
 
 
+# -- layer methods ---------------------------------------------------------------------------------
+
+LAYER_STEPS = 20
+
+
+def layer_cases(device: str) -> list[tuple[str, Callable, torch.Tensor, object, object, int]]:
+    """``(title, model, x, gradcam layer or None, IG layer, rounds)`` for each model."""
+    import transformers
+
+    digits, _ = bundled.load("digits")
+    x_digits, _ = bundled.held_out("digits", n=64)
+    torch.manual_seed(0)
+    resnet = transformers.ResNetForImageClassification(
+        transformers.ResNetConfig(
+            num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
+            num_labels=100,
+        )
+    ).eval()  # fmt: skip
+    x_resnet = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    bert = transformers.BertForSequenceClassification(
+        transformers.BertConfig(
+            vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=64, num_labels=10,
+        )
+    ).eval()  # fmt: skip
+    ids = torch.randint(1, 1000, (16, 32), generator=torch.Generator().manual_seed(2))
+    return [
+        ("digits CNN (1x8x8, B=64, C=10)", digits, x_digits, "features.3", "features.1", 4),
+        (
+            "HF ResNet (3x64x64, B=8, C=100)",
+            resnet,
+            x_resnet,
+            "resnet.encoder.stages.2",
+            "resnet.embedder",
+            2,
+        ),
+        ("HF BERT (32 tokens, B=16, C=10)", bert, ids, None, "bert.embeddings.word_embeddings", 2),
+    ]
+
+
+def layer_rows(device: str) -> list[list[str]]:
+    from captum.attr import LayerAttribution, LayerGradCam, LayerIntegratedGradients
+
+    out = []
+    for title, model, x, cam_layer, ig_layer, rounds in layer_cases(device):
+        model, x = model.to(device), x.to(device)
+
+        def scores(*args, model=model):
+            o = model(*args)
+            return getattr(o, "logits", o)
+
+        c = scores(x[:1]).shape[1]
+        modules = dict(model.named_modules())
+        base = torch.zeros_like(x)
+        size = tuple(x.shape[2:]) if x.ndim == 4 else None
+        jobs = {}
+        if cam_layer is not None:
+            gc = LayerGradCam(scores, modules[cam_layer])
+            jobs["Grad-CAM"] = (
+                lambda model=model, x=x, cam_layer=cam_layer: (
+                    saliency.gradcam(model, x, layer=cam_layer, mode="nearest").values
+                ),
+                lambda classes, gc=gc, x=x, size=size: torch.stack(
+                    [
+                        LayerAttribution.interpolate(
+                            gc.attribute(x, target=k, relu_attributions=True), size, "nearest"
+                        )[:, 0].detach()
+                        for k in classes
+                    ],
+                    1,
+                ),
+            )
+        lig = LayerIntegratedGradients(scores, modules[ig_layer])
+        jobs[f"layer IG {LAYER_STEPS} steps"] = (
+            lambda model=model, x=x, ig_layer=ig_layer, base=base: (
+                saliency.integrated_gradients(
+                    model, x, layer=ig_layer, baseline=base, steps=LAYER_STEPS
+                ).values
+            ),
+            lambda classes, lig=lig, x=x, base=base: torch.stack(
+                [
+                    lig.attribute(
+                        x,
+                        baselines=base,
+                        target=k,
+                        n_steps=LAYER_STEPS,
+                        internal_batch_size=LAYER_STEPS * x.shape[0],
+                    ).detach()
+                    for k in classes
+                ],
+                1,
+            ),
+        )
+        for label, (mine, theirs) in jobs.items():
+            got = mine()  # also the engine's first call: probe and decision
+            ref = theirs([0, c - 1])
+            err = float((got[:, [0, c - 1]] - ref).abs().max()) / float(ref.abs().max())
+            if err > 1e-3:
+                raise AssertionError(f"{title} {label}: ours and Captum differ by {err:.2e}")
+            t_ours, t_captum = [], []
+            for r in range(rounds):
+                pair = [(t_ours, mine), (t_captum, lambda theirs=theirs, c=c: theirs(range(c)))]
+                for times, fn in pair if r % 2 == 0 else pair[::-1]:
+                    times.append(_time(fn, device))
+            row = [
+                title,
+                label,
+                fmt_ms(statistics.median(t_ours)),
+                fmt_ms(statistics.median(t_captum)),
+                f"{statistics.median(t_captum) / statistics.median(t_ours):.1f}x",
+                f"{err:.0e}",
+            ]
+            print(" | ".join(row), flush=True)
+            out.append(row)
+    return out
+
+
 def _time(fn: Callable[[], object], device: str) -> float:
     _sync(device)
     start = time.perf_counter()
@@ -201,10 +327,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="1 + timed rounds (0: per model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--only", choices=["inputs", "layers"], default=None, help="run one of the two tables"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+    if args.only != "inputs":
+        layers_table(args)
+    if args.only == "layers":
+        return
     load_before = os.getloadavg()[0]
     rows = []
     for name in args.models.split(","):
@@ -238,6 +371,33 @@ def main() -> None:
     print(markdown)
     if not args.no_write:
         write_section("methods", markdown)
+
+
+def layers_table(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()[0]
+    rows = layer_rows(args.device)
+    load_after = os.getloadavg()[0]
+    header = ["model", "method", "ours (ms)", "Captum loop (ms)", "speed-up", "max diff"]
+    markdown = "\n\n".join(
+        [
+            "## Layer methods for every class vs Captum (`benchmarks/methods.py`)",
+            f"Machine: {machine()}; 1-minute load average {load_before:.1f} before and "
+            f"{load_after:.1f} after the run.",
+            table(header, rows),
+            "Ours: one call for all classes (`saliency.gradcam(model, x, layer=..., "
+            "mode='nearest')`, `saliency.integrated_gradients(model, x, layer=..., "
+            f"steps={LAYER_STEPS})`). Captum: `LayerGradCam` + `LayerAttribution.interpolate`, and "
+            "`LayerIntegratedGradients` with every path point in one internal batch, one call per "
+            "class. Times are medians of interleaved rounds (the engine's first call, which "
+            "measures and decides, is the checked call before them). Max diff: on the first and "
+            "last class, over the largest value. Grad-CAM at `features.3` / the last ResNet "
+            "stage; layer IG at `features.1` / the ResNet stem / BERT's word embeddings (token "
+            "ids in, zero = pad baseline).",
+        ]
+    )
+    print(markdown)
+    if not args.no_write:
+        write_section("methods-layers", markdown)
 
 
 if __name__ == "__main__":
