@@ -76,6 +76,7 @@ class Rows:
 
     ids: torch.Tensor  # [B, K] long
     neg: torch.Tensor | None  # [B, K] long, or None for plain classes
+    first: int | None = None  # when ids[b, k] == first + k for every sample: every class in order
 
     def select(self, out: torch.Tensor) -> torch.Tensor:
         """The selected scores ``[B, K]`` of outputs ``out`` ``[B, C]``."""
@@ -90,6 +91,9 @@ class Rows:
         """
         n, c = out.shape
         k = self.ids.shape[1]
+        if self.first is not None and self.neg is None:  # consecutive classes: rows of eye(C)
+            eye = torch.eye(c, dtype=out.dtype, device=out.device)
+            return eye[self.first : self.first + k].unsqueeze(1).expand(k, n, c)
         cot = out.new_zeros(k, n, c)
         cot.scatter_(2, self.ids.T.unsqueeze(2), 1.0)
         if self.neg is not None:
@@ -98,12 +102,15 @@ class Rows:
 
     def __getitem__(self, index: slice) -> Rows:
         neg = None if self.neg is None else self.neg[index]
-        return Rows(self.ids[index], neg)
+        return Rows(self.ids[index], neg, self.first)
 
     def columns(self, index: slice) -> Rows:
         """The rows restricted to a slice of the ``K`` targets."""
         neg = None if self.neg is None else self.neg[:, index]
-        return Rows(self.ids[:, index], neg)
+        first = None
+        if self.first is not None and (index.step or 1) == 1:
+            first = self.first + range(self.ids.shape[1])[index].start
+        return Rows(self.ids[:, index], neg, first)
 
 
 def is_per_sample(classes: Classes) -> bool:
@@ -130,7 +137,7 @@ def resolve(classes: Classes, out: torch.Tensor) -> Rows:
     device = out.device
     if classes is None:
         ids = torch.arange(c, device=device).expand(n, c)
-        return Rows(ids, None)
+        return Rows(ids, None, 0)
     if isinstance(classes, TopK):
         if classes.k > c:
             raise ValueError(

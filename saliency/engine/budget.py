@@ -10,6 +10,7 @@ takes the largest class chunk.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -62,6 +63,11 @@ def default_cap(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
+    return _host_cap()
+
+
+@functools.cache
+def _host_cap() -> int:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -40,6 +40,11 @@ _DROPOUTS = {
 }
 
 
+_thread = threading.get_ident
+_WATCHED = (torch.jit.ScriptModule, _BatchNorm, _InstanceNorm, _DropoutNd)
+_PLAIN: set[type] = set()  # module types seen to be none of the watched kinds
+
+
 class GuardError(ValueError):
     """The model, as it runs, cannot give exact per-sample rows (or would be changed)."""
 
@@ -54,7 +59,7 @@ class Watch:
         self.modules: list[nn.Module] = []
         self.saved: list[tuple[nn.Module, str, torch.Tensor, int]] = []
         self._seen: set[int] = set()
-        self.thread = threading.get_ident()
+        self.thread = _thread()
 
     def name(self, m: nn.Module) -> str:
         """The module's dotted name in the model (looked up only for messages)."""
@@ -63,12 +68,16 @@ class Watch:
         return self._names.get(id(m)) or type(m).__name__
 
     def before(self, m: nn.Module, _args: object) -> None:
-        if threading.get_ident() != self.thread:
+        if _thread() != self.thread:
             return
         self.modules.append(m)
+        if not m.training and type(m) in _PLAIN:
+            return  # the common case, an eval-mode module with nothing to check: stay cheap
         if id(m) in self._seen:
             return
         self._seen.add(id(m))
+        if not isinstance(m, _WATCHED):
+            _PLAIN.add(type(m))
         if isinstance(m, torch.jit.ScriptModule):
             self._script(m)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from .identity import key_of
 from .probe import Probe, identify, probe
 from .probe import forget as forget_probes
 from .problem import Problem, make_problem
-from .strategies import STRATEGIES, Chunk, Strategy
+from .strategies import STRATEGIES, Chunk, Strategy, quiet_fallbacks
 
 __all__ = [
     "JacobianChunk",
@@ -564,7 +565,8 @@ class _Engine:
             name, width = step
             cols = slice(done, done + width)
             try:
-                block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
+                with quiet_fallbacks():
+                    block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
             except (RuntimeError, NotImplementedError):
                 if name == "loop":
                     raise
@@ -667,8 +669,7 @@ def _identity(out: torch.Tensor) -> torch.Tensor:
 
 def _check_gradients(block: torch.Tensor, cols: slice, p: Problem) -> None:
     """Refuse non-finite gradients of finite outputs (say, sqrt at 0), naming the rows."""
-    total = block.detach().sum()
-    if bool(torch.isfinite(total)):
+    if math.isfinite(block.detach().sum().item()):
         return
     bad = ~torch.isfinite(block.detach().flatten(2)).all(-1)  # [r, k]
     if not bool(bad.any()):

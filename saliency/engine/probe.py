@@ -64,7 +64,7 @@ class Probe:
 
 def state(p: Problem) -> tuple:
     """Everything about the call that the probe's facts depend on."""
-    modules = tuple((id(m), m.training) for root in p.owners for m in root.modules())
+    modules = tuple((id(m), m.training) for root in p.owners for m in _walk(root))
     kwargs = tuple(
         (k, tuple(v.shape[1:]) if isinstance(v, torch.Tensor) else type(v).__name__)
         for k, v in p.kwargs.items()
@@ -87,6 +87,16 @@ def identify(p: Problem) -> tuple[object, tuple] | None:
     the call's model and situation (``None``: nothing can be cached)."""
     found = key_of(p.model, p.owners)
     return None if found is None else (found[0], (found[1], state(p)))
+
+
+def _walk(root: nn.Module) -> list[nn.Module]:
+    """Every module under ``root`` (a cheaper walk than ``modules()``, which builds names)."""
+    out, stack = [], [root]
+    while stack:
+        m = stack.pop()
+        out.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return out
 
 
 def probe(p: Problem, ident: tuple[object, tuple] | None) -> Probe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -313,7 +314,7 @@ def _checked(out: torch.Tensor, n: int, what: str) -> torch.Tensor:
 
 def check_finite(out: torch.Tensor, rows: slice, repeats: int) -> None:
     """Refuse non-finite outputs, naming the samples (one reduction on the fast path)."""
-    if bool(torch.isfinite(out.detach().sum())):
+    if math.isfinite(out.detach().sum().item()):
         return
     bad = ~torch.isfinite(out.detach()).all(dim=1)
     if bool(bad.any()):

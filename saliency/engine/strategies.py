@@ -119,17 +119,16 @@ def _loop_bytes(s: Sizes, r: int, k: int) -> float:
 
 def vmap(c: Chunk, cols: slice) -> torch.Tensor:
     cot = c.rows.columns(cols).cotangents(c.out)
-    with _quiet_fallbacks():
-        (g,) = torch.autograd.grad(
-            c.out, c.x, cot, retain_graph=True, create_graph=c.create_graph, is_grads_batched=True
-        )
+    (g,) = torch.autograd.grad(
+        c.out, c.x, cot, retain_graph=True, create_graph=c.create_graph, is_grads_batched=True
+    )
     return g.transpose(0, 1)
 
 
 @contextmanager
-def _quiet_fallbacks() -> Iterator[None]:
-    """PyTorch warns when an operator has no batching rule; speed is auto's business (it times
-    the strategies on the real work), not a message for the user on every call."""
+def quiet_fallbacks() -> Iterator[None]:
+    """PyTorch warns when an operator has no batching rule; that is auto's business while it
+    times the strategies on the real work (and forward mode's, which always vmaps)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There is a performance drop because we have")
         yield
@@ -177,7 +176,7 @@ def forward(c: Chunk, step: int) -> torch.Tensor:
         n = min(step, d - d0)
         tangents = torch.zeros(n, r, d, dtype=x.dtype, device=x.device)
         tangents[torch.arange(n), :, torch.arange(d0, d0 + n)] = 1
-        with _quiet_fallbacks():
+        with quiet_fallbacks():
             parts.append(torch.func.vmap(column)(tangents.view(n, r, *shape)).detach())
     return torch.cat(parts).permute(1, 2, 0).reshape(r, -1, *shape)
 
