@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 
 import numpy as np
@@ -12,9 +11,10 @@ from PIL import Image
 
 import saliency
 from saliency.tokens import token_scores
+from saliency.viz import token_pictures
 from saliency.viz.colormaps import colorize
-from saliency.viz.normalize import normalize
-from saliency.viz.tokens import TokenPicture, tokens
+from saliency.viz.normalization import normalize
+from saliency.viz.token_pictures import TokenPicture, tokens
 
 WORDS = ["the", "film", "was", "not", "good", "[PAD]"]
 
@@ -178,8 +178,7 @@ def test_png_is_written_atomically_and_reads_back(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    # saliency.viz.tokens is the function once the package exports it; patch the module.
-    monkeypatch.setattr(importlib.import_module("saliency.viz.tokens"), "write_png", fail)
+    monkeypatch.setattr(token_pictures, "write_png", fail)
     with pytest.raises(OSError, match="disk full"):
         picture.save(tmp_path / "other.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.html", "tokens.png"]

@@ -18,9 +18,9 @@ Examples
 from saliency.viz.draw import grid, heatmap, overlay
 from saliency.viz.figures import plot_classes, plot_features
 from saliency.viz.images import to_rgb
-from saliency.viz.normalize import normalize
+from saliency.viz.normalization import normalize
 from saliency.viz.save import save_overlays
-from saliency.viz.tokens import tokens
+from saliency.viz.token_pictures import tokens
 
 __all__ = [
     "grid",

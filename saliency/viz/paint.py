@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from saliency.viz.colormaps import DIVERGING, SEQUENTIAL, blend_table, lookup_table
-from saliency.viz.normalize import scaled_maps
+from saliency.viz.normalization import scaled_maps
 
 __all__ = ["backgrounds", "color_indices", "heat_pixels", "overlay_pixels", "paint"]
 

@@ -28,7 +28,7 @@ from saliency._atomic import atomic_write
 from saliency.viz.colormaps import lookup_table
 from saliency.viz.images import image_maps, to_numpy, to_rgb_batch
 from saliency.viz.labels import file_stem
-from saliency.viz.normalize import check_options
+from saliency.viz.normalization import check_options
 from saliency.viz.paint import backgrounds, color_indices, paint
 from saliency.viz.png import write_png
 

@@ -30,7 +30,7 @@ from saliency.viz.colormaps import lookup_table
 from saliency.viz.draw import _font
 from saliency.viz.images import to_numpy
 from saliency.viz.labels import class_label
-from saliency.viz.normalize import check_options
+from saliency.viz.normalization import check_options
 from saliency.viz.paint import color_indices, paint
 from saliency.viz.png import write_png
 
@@ -182,7 +182,7 @@ def tokens(
     --------
     >>> import torch, saliency
     >>> from saliency.tokens import token_scores
-    >>> from saliency.viz.tokens import tokens
+    >>> from saliency.viz.token_pictures import tokens
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 3, 2))
     >>> embedded = torch.randn(1, 4, 3)
     >>> a = saliency.gradients(model, embedded)
