@@ -29,8 +29,6 @@ import torch
 __all__ = ["Race", "cached", "forget", "remember"]
 
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-HEAD_RATIO = 0.8  # head when F <= 0.8 K
-FORWARD_RATIO = 0.5  # forward mode when D <= K / 2
 _HOPELESS = 1.5  # vmap per target at width 2 this much slower than loop: no wider trial
 
 
@@ -57,21 +55,26 @@ def forget(anchor: object | None = None) -> None:
         _DECISIONS.pop(anchor, None)
 
 
-def prior(device: torch.device) -> str:
-    """The strategy to use when there is nothing to race."""
-    return "loop" if device.type == "cpu" else "vmap"
+def prior(device: torch.device, base: str, batched: list[str]) -> str:
+    """The strategy to use when there is nothing to race: one pass at a time on a CPU, batched
+    passes on an accelerator."""
+    return base if device.type == "cpu" or not batched else batched[0]
 
 
 class Race:
-    """``loop`` against a batched strategy on the first targets of the real work.
+    """The base strategy (one target per pass) against a batched one, on the first targets of
+    the real work.
 
     :meth:`next` gives ``(name, width)``: the strategy to run on the next ``width`` targets,
     which the caller runs, times and reports with :meth:`record` (or :meth:`failed`); ``None``
     once the winner is known (:attr:`winner`).
     """
 
-    def __init__(self, batched: list[str], k: int, full_width: Callable[[str], int]) -> None:
-        self.batched = list(batched)  # "vmap", then "replicate" should vmap fail
+    def __init__(
+        self, base: str, batched: list[str], k: int, full_width: Callable[[str], int]
+    ) -> None:
+        self.base = base
+        self.batched = list(batched)  # the batched strategy, then its stand-in
         self.left = k
         self.full_width = full_width  # the width the strategy would run at after the race
         self.times: dict[tuple[str, int], float] = {}
@@ -80,16 +83,17 @@ class Race:
     def next(self) -> tuple[str, int] | None:
         if self.winner is not None:
             return None
-        if ("loop", 1) not in self.times:
-            return self._ask("loop", 1)
+        base = self.base
+        if (base, 1) not in self.times:
+            return self._ask(base, 1)
         if not self.batched:
-            return self._decide("loop")
+            return self._decide(base)
         other = self.batched[0]
         if (other, 2) not in self.times:
             return self._ask(other, 2)
-        t_loop, t2 = self.times["loop", 1], self.times[other, 2]
-        if t2 / 2 >= _HOPELESS * t_loop:
-            return self._decide("loop")
+        t_base, t2 = self.times[base, 1], self.times[other, 2]
+        if t2 / 2 >= _HOPELESS * t_base:
+            return self._decide(base)
         if (other, 4) not in self.times and self.left >= 4:
             return self._ask(other, 4)
         per = t2 / 2
@@ -97,21 +101,19 @@ class Race:
             c1 = max((self.times[other, 4] - t2) / 2, 0.0)
             c0 = max(t2 - 2 * c1, 0.0)
             per = c0 / max(self.full_width(other), 1) + c1
-        return self._decide(other if per < t_loop else "loop")
+        return self._decide(other if per < t_base else base)
 
     def _ask(self, name: str, width: int) -> tuple[str, int] | None:
         if self.left < width:
-            return self._decide("loop" if name == "loop" else self._best())
+            return self._decide(self._best())
         return name, width
 
     def _best(self) -> str:
+        """The better of what was timed so far (per target)."""
         if not self.batched or (self.batched[0], 2) not in self.times:
-            return "loop"
-        return (
-            self.batched[0]
-            if self.times[self.batched[0], 2] / 2 < self.times["loop", 1]
-            else "loop"
-        )
+            return self.base
+        other = self.batched[0]
+        return other if self.times[other, 2] / 2 < self.times[self.base, 1] else self.base
 
     def _decide(self, name: str) -> None:
         self.winner = name

@@ -409,7 +409,9 @@ class _Engine:
             width=self.facts.width,
         )
         self.head_module = self.facts.head_module()
-        self.fallback = auto.prior(p.x.device)
+        self.base = next(s.name for s in STRATEGIES.values() if s.role == "base")
+        batched = [s.name for s in STRATEGIES.values() if s.role == "batched"]
+        self.fallback = auto.prior(p.x.device, self.base, batched)
         self.head_reason: str | None = None
         self.race: auto.Race | None = None
         self.raced: list[torch.Tensor] = []  # blocks of the first targets, from the race
@@ -440,19 +442,20 @@ class _Engine:
             name = auto.cached(self._anchor, self._key)
             if name is not None:
                 return name
-        usable = [n for n, s in STRATEGIES.items() if self._refusal(s) is None and self._fits(n)]
+        usable = [s for s in STRATEGIES.values() if self._refusal(s) is None and self._fits(s.name)]
         if not usable:
-            self._plan("loop")  # raises the budget error of the leanest strategy
-        k, s = self.k, self.sizes
-        if "head" in usable and s.width <= auto.HEAD_RATIO * k:
-            return self._remember("head")
-        if "forward" in usable and s.features <= auto.FORWARD_RATIO * k:
-            return self._remember("forward")
-        batched = [n for n in ("vmap", "replicate") if n in usable]
-        if k < 4 or "loop" not in usable:
-            return self._remember(self.fallback if self.fallback in usable else usable[0])
-        self.race = auto.Race(batched, k, lambda n: min(self._plan(n).cols, k))
-        return "loop"  # provisional: the race on the first chunk decides
+            self._plan(self.base)  # raises the budget error of the leanest strategy
+        for s in usable:
+            if s.preferred is not None and s.preferred(self.sizes):
+                return self._remember(s.name)
+        names = [s.name for s in usable]
+        batched = [
+            n for role in ("batched", "stand-in") for n in names if STRATEGIES[n].role == role
+        ]
+        if self.k < 4 or self.base not in names:
+            return self._remember(self.fallback if self.fallback in names else names[0])
+        self.race = auto.Race(self.base, batched, self.k, lambda n: min(self._plan(n).cols, self.k))
+        return self.base  # provisional: the race on the first chunk decides
 
     def _remember(self, name: str) -> str:
         if self._key is not None:
@@ -490,7 +493,7 @@ class _Engine:
             x = x.detach().requires_grad_()
         if value is not None and not (p.create_graph and value.requires_grad):
             value = value.detach().requires_grad_()
-        head = self.head_module if name == "head" else None
+        head = self.head_module if s.needs_head else None
         if s.shared_forward:
             f = run(p, x, rows, value=value, head=head, leaf=not p.create_graph)
         else:
@@ -532,13 +535,13 @@ class _Engine:
 
     def _block(self, name: str, chunk: Chunk, cols: slice) -> torch.Tensor:
         s = STRATEGIES[name]
-        if name == "head" and chunk.head is None:
-            if self.p.strategy == "head":
+        if s.needs_head and chunk.head is None:
+            if self.p.strategy == name:
                 raise ValueError(
-                    f"strategy='head' is not exact for this model: {self.head_reason}; use "
+                    f"strategy={name!r} is not exact for this model: {self.head_reason}; use "
                     "'loop', 'vmap' or 'auto' (auto falls back by itself)"
                 )
-            return self._block(self.fallback, chunk, cols)
+            return self._block(self.base, chunk, cols)
         try:
             if s.columns == "features":
                 block = s.run(chunk, self.plan.cols)[:, cols]
@@ -557,10 +560,10 @@ class _Engine:
         decided yet, the candidates race on its first targets, and their blocks are kept."""
         if self.race is None:
             return self._row_slices()[0], 0
-        rows = min(self._plan(n).rows for n in ["loop", *self.race.batched])
-        first = slice(0, min(rows, self.p.batch))
         race, done = self.race, 0
-        chunk = self._chunk("loop", first)
+        rows = min(self._plan(n).rows for n in [race.base, *race.batched])
+        first = slice(0, min(rows, self.p.batch))
+        chunk = self._chunk(race.base, first)
         while (step := race.next()) is not None:
             name, width = step
             cols = slice(done, done + width)
@@ -568,7 +571,7 @@ class _Engine:
                 with quiet_fallbacks():
                     block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
             except (RuntimeError, NotImplementedError):
-                if name == "loop":
+                if name == race.base:
                     raise
                 race.failed(name)  # e.g. an operator without a batching rule
                 continue

@@ -67,6 +67,12 @@ class Strategy:
     working_set: Callable[[Sizes, int, int], float]
     cost: str  # how the cost grows, for the docs
     exact: str
+    # How auto uses it: "base" races one target at a time; "batched" races against it;
+    # "stand-in" races only when the batched strategy cannot run; "cost model" is taken when
+    # ``preferred(sizes)`` holds, without timing.
+    role: str = "cost model"
+    preferred: Callable[[Sizes], bool] | None = None
+    needs_head: bool = False  # factorises through the linear head (verified on every pass)
 
     def refuses(self, *, create_graph: bool, allow_random: bool, head: bool) -> str | None:
         """Why this strategy cannot serve a call, or ``None``."""
@@ -77,10 +83,10 @@ class Strategy:
                 f"strategy={self.name!r} would draw the model's randomness once per target, "
                 "not once per forward pass shared by all targets (allow_random=True)"
             )
-        if self.name == "head" and not head:
+        if self.needs_head and not head:
             return (
-                "strategy='head' needs a model whose scores are exactly the output of its last "
-                "nn.Linear layer, called once"
+                f"strategy={self.name!r} needs a model whose scores are exactly the output of its "
+                "last nn.Linear layer, called once"
             )
         return None
 
@@ -206,6 +212,12 @@ def head(c: Chunk, cols: slice) -> torch.Tensor:
     return torch.bmm(u.transpose(0, 1).detach(), jh).view(r, k, *c.x.shape[1:])
 
 
+# auto's cost model: head when its F backward passes are clearly fewer than K, forward mode when
+# its D JVPs are at most half the K VJPs (a JVP costs about what a VJP does).
+HEAD_RATIO = 0.8
+FORWARD_RATIO = 0.5
+
+
 def _head_bytes(s: Sizes, r: int, k: int) -> float:
     return _SAFETY * (r * (3 * s.act + 2 * s.row)) + r * s.width * s.row + 2 * r * k * s.row
 
@@ -223,6 +235,7 @@ STRATEGIES: dict[str, Strategy] = {
             working_set=_loop_bytes,
             cost="t_forward + K t_backward: the cost floor of reverse mode",
             exact="always",
+            role="base",
         ),
         Strategy(
             "vmap",
@@ -234,6 +247,7 @@ STRATEGIES: dict[str, Strategy] = {
             working_set=_vmap_bytes,
             cost="t_forward + one batched backward of K cotangents",
             exact="always (an operator without a batching rule raises, and auto drops vmap)",
+            role="batched",
         ),
         Strategy(
             "replicate",
@@ -245,6 +259,7 @@ STRATEGIES: dict[str, Strategy] = {
             working_set=_replicate_bytes,
             cost="K forwards and one batched backward: vmap's work plus K - 1 forward passes",
             exact="for deterministic models (each replica draws its own randomness)",
+            role="stand-in",
         ),
         Strategy(
             "forward",
@@ -256,6 +271,7 @@ STRATEGIES: dict[str, Strategy] = {
             working_set=_forward_bytes,
             cost="D JVPs (D features of the differentiated tensor), whatever K is",
             exact="for deterministic models; not with create_graph",
+            preferred=lambda s: s.features <= FORWARD_RATIO * s.classes,
         ),
         Strategy(
             "head",
@@ -270,6 +286,8 @@ STRATEGIES: dict[str, Strategy] = {
                 "when the scores are the very tensor nn.Linear returned, unmodified, from a head "
                 "called once; verified on every forward pass, else the next strategy serves"
             ),
+            preferred=lambda s: 0 < s.width <= HEAD_RATIO * s.classes,
+            needs_head=True,
         ),
     )
 }
