@@ -445,9 +445,9 @@ class _Engine:
         usable = [s for s in STRATEGIES.values() if self._refusal(s) is None and self._fits(s.name)]
         if not usable:
             self._plan(self.base)  # raises the budget error of the leanest strategy
-        for s in usable:
-            if s.preferred is not None and s.preferred(self.sizes):
-                return self._remember(s.name)
+        preferred = [s for s in usable if s.preferred is not None and s.preferred(self.sizes)]
+        if preferred:  # far fewer passes than K: the cheapest of them, without timing
+            return self._remember(min(preferred, key=lambda s: s.passes(self.sizes)).name)
         names = [s.name for s in usable]
         batched = [
             n for role in ("batched", "stand-in") for n in names if STRATEGIES[n].role == role

@@ -72,6 +72,7 @@ class Strategy:
     # ``preferred(sizes)`` holds, without timing.
     role: str = "cost model"
     preferred: Callable[[Sizes], bool] | None = None
+    passes: Callable[[Sizes], int] | None = None  # the passes a row chunk costs (cost model)
     needs_head: bool = False  # factorises through the linear head (verified on every pass)
 
     def refuses(self, *, create_graph: bool, allow_random: bool, head: bool) -> str | None:
@@ -272,6 +273,7 @@ STRATEGIES: dict[str, Strategy] = {
             cost="D JVPs (D features of the differentiated tensor), whatever K is",
             exact="for deterministic models; not with create_graph",
             preferred=lambda s: s.features <= FORWARD_RATIO * s.classes,
+            passes=lambda s: s.features,
         ),
         Strategy(
             "head",
@@ -287,6 +289,7 @@ STRATEGIES: dict[str, Strategy] = {
                 "called once; verified on every forward pass, else the next strategy serves"
             ),
             preferred=lambda s: 0 < s.width <= HEAD_RATIO * s.classes,
+            passes=lambda s: s.width,
             needs_head=True,
         ),
     )
