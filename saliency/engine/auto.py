@@ -1,21 +1,23 @@
 """``strategy="auto"``: pick the fastest exact strategy without wasting the first call.
 
-The decision is made once per model and situation and remembered (see :func:`decision_key`). Two
-steps, both reading the strategies' records:
+The decision is made once per model and situation and remembered (the engine builds the key). Two
+steps, both reading the strategies' records (:mod:`.strategies`):
 
-1. **Cost model.** Where one strategy needs far fewer passes, it is taken without timing: ``head``
-   when its width ``F`` is at most 0.8 of the ``K`` targets (``F`` backward passes instead of
-   ``K``), ``forward`` when the differentiated tensor has at most ``K / 2`` features (``D`` JVPs
-   instead of ``K`` VJPs, and a JVP costs about what a VJP does). ``replicate`` repeats the
-   forward pass ``K`` times to do ``vmap``'s batched backward, so it only stands in when ``vmap``
-   cannot run (an operator without a batching rule).
-2. **A race on the real work.** Otherwise ``loop`` and ``vmap`` (each a shared forward pass, then
-   the backward passes) split the first targets of the first row chunk between them: ``loop``
-   computes one target, ``vmap`` two, and, when that is promising, four more. Every block they
-   compute is part of the result, so the race wastes nothing; the winner computes the rest.
-   ``vmap``'s time per target at the full width is extrapolated from its two widths.
+1. **Cost model.** Where a strategy's record says it needs far fewer passes (``preferred``), the
+   one with the fewest is taken without timing: ``head`` when its width ``F`` is at most 0.8 of the
+   ``K`` targets (``F`` backward passes instead of ``K``), ``forward`` when the differentiated
+   tensor has at most ``K / 2`` features (``D`` JVPs instead of ``K`` VJPs, and a JVP costs about
+   what a VJP does). ``replicate`` (role "stand-in") repeats the forward pass ``K`` times to do
+   ``vmap``'s batched backward, so it only races when ``vmap`` cannot run.
+2. **A race on the real work.** Otherwise the "base" strategy (``loop``) and the "batched" one
+   (``vmap``), each differentiating a shared forward pass, split the first targets of the first
+   row chunk between them: the base computes one target, the batched one two, and, when that is
+   promising, four more. Every block they compute is part of the result, so the race wastes
+   nothing; the winner computes the rest. The batched strategy's time per target at its full
+   width is extrapolated from its two widths.
 
-With fewer than four targets there is nothing worth racing: ``loop`` on a CPU, ``vmap`` elsewhere.
+With fewer than four targets there is nothing worth racing: the base strategy on a CPU, the
+batched one elsewhere.
 """
 
 from __future__ import annotations
