@@ -124,8 +124,9 @@ def load_model(
             class_names=tuple(info.class_names),
             feature_names=None if info.feature_names is None else tuple(info.feature_names),
             input_shape=tuple(info.input_shape),
-            mean=tuple(info.mean),
-            std=tuple(info.std),
+            # Text models take token ids: no normalisation statistics to apply.
+            mean=tuple(info.mean) or None,
+            std=tuple(info.std) or None,
         )
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"spec: expected a str or Path; got {type(spec).__name__}")
