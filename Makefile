@@ -27,7 +27,11 @@ test: setup-dev lint
 docs: setup-dev
 	$(PY) -m mkdocs build --strict
 
+# Quantus would otherwise be free to pull another torch: pin the one installed.
 bench: setup-dev
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .bench-constraints.txt
+	PIP_CONSTRAINT=.bench-constraints.txt $(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) benchmarks/engine.py
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/viz.py
+	$(PY) benchmarks/audit.py

@@ -5,7 +5,30 @@ every class; dataset runs shard, resume and scale out with ``torch.distributed``
 """
 
 # -- metrics (one module each) ---------------------------------------------------------------------
+from ._captum_metrics import Infidelity, Sensitivity, infidelity, sensitivity_max
+from ._class_sensitivity import ClassSensitivity, class_sensitivity
+from ._completeness import Completeness, completeness
+from ._margins import Margins, margins
+from ._perturbation import PerturbationCurves, deletion, insertion, road
+from ._randomization import RandomizationResult, randomization_test
 
 # -- dataset runs ----------------------------------------------------------------------------------
 
-__all__: list[str] = []
+__all__: list[str] = [
+    "ClassSensitivity",
+    "Completeness",
+    "Infidelity",
+    "Margins",
+    "PerturbationCurves",
+    "RandomizationResult",
+    "Sensitivity",
+    "class_sensitivity",
+    "completeness",
+    "deletion",
+    "infidelity",
+    "insertion",
+    "margins",
+    "randomization_test",
+    "road",
+    "sensitivity_max",
+]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import targets
+from .._random import generator
 from ..attribution import Attribution
 from ..engine import Shared, evaluate, layer_name, layer_output, outputs, parse_memory
 
@@ -225,18 +226,3 @@ def describe(value: object) -> object:
 
 def _mb(n: int | None) -> str:
     return "no budget" if n is None else f"{n / 1e6:.3g} MB"
-
-
-def generator(seed: int | None, device: torch.device) -> tuple[torch.Generator, int]:
-    """A private generator (the global RNG is never touched) and its seed.
-
-    ``seed=None`` draws fresh entropy; the drawn seed is returned so that ``params`` can record it
-    and the result can be reproduced.
-    """
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed: expected None or a non-negative int, got {seed!r}")
-    g = torch.Generator(device=device)
-    if seed is None:
-        return g, g.seed()
-    g.manual_seed(seed)
-    return g, seed

@@ -68,9 +68,19 @@ def make_baseline(
     baseline: float | str | torch.Tensor | Callable,
     x: torch.Tensor,
     generator: torch.Generator | None,
+    *,
+    name: str = "baseline",
+    extra: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """The baseline as a tensor of ``x``'s shape (a broadcast view where possible)."""
+    """A reference input of ``x``'s shape (a broadcast view where possible): a number, a tensor
+    broadcastable to ``x``, a callable of ``x``, or a name (:data:`NAMED`, plus ``extra``).
+
+    ``name`` is the argument's name in error messages (the audits read their substrates here).
+    """
+    named = {**dict.fromkeys(NAMED), **(extra or {})}
     if isinstance(baseline, str):
+        if baseline in (extra or {}):
+            return extra[baseline](x)
         if baseline == "zeros":
             return torch.zeros_like(x)
         if baseline == "blur":
@@ -81,11 +91,11 @@ def make_baseline(
                 generator.seed()
             return uniform(x, generator)
         raise ValueError(
-            f"baseline: expected a number, a tensor, a callable or one of {list(NAMED)}, "
+            f"{name}: expected a number, a tensor, a callable or one of {list(named)}, "
             f"got {baseline!r}"
         )
     if isinstance(baseline, bool):
-        raise TypeError(f"baseline: expected a number, not the bool {baseline!r}")
+        raise TypeError(f"{name}: expected a number, not the bool {baseline!r}")
     if isinstance(baseline, int | float):
         return torch.full_like(x, float(baseline))
     value = baseline
@@ -93,11 +103,11 @@ def make_baseline(
         value = baseline(x.detach())
         if not isinstance(value, torch.Tensor):
             raise TypeError(
-                f"baseline: the callable must return a tensor, got {type(value).__name__}"
+                f"{name}: the callable must return a tensor, got {type(value).__name__}"
             )
     if not isinstance(value, torch.Tensor):
         raise TypeError(
-            f"baseline: expected a number, a tensor, a callable or one of {list(NAMED)}, "
+            f"{name}: expected a number, a tensor, a callable or one of {list(named)}, "
             f"got {type(baseline).__name__}"
         )
     try:
@@ -106,7 +116,7 @@ def make_baseline(
         ok = False
     if not ok:
         raise ValueError(
-            f"baseline: shape {tuple(value.shape)} cannot broadcast to x's shape {tuple(x.shape)}"
+            f"{name}: shape {tuple(value.shape)} cannot broadcast to x's shape {tuple(x.shape)}"
         )
     return value.detach().to(dtype=x.dtype, device=x.device).expand_as(x)
 
