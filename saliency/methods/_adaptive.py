@@ -23,9 +23,10 @@ def refine(path, integral: torch.Tensor, gap: torch.Tensor, *, tol: float, first
     reach ``cap`` points; returns the points each row used, ``[B, K]``."""
     b, k = gap.shape
     used = torch.full((b, k), first, dtype=torch.long)
-    # A change of the score this small relative to the scores is noise, not a target to meet.
-    floor = 1e-6 * max(float(path.req.outputs.abs().max()), 1e-30)
-    scale = gap.abs().clamp_min(floor)
+    # A change this small next to the sample's scores is measured against the floor instead
+    # (as saliency.audit.completeness does): relative to almost nothing, any gap is huge.
+    floor = 1e-3 * path.req.outputs.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    scale = torch.maximum(gap.abs(), floor.to(gap.dtype))
     contrast = isinstance(path.req.classes, targets.Contrast)
     intervals = first - 1
     while True:

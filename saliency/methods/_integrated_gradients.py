@@ -60,7 +60,9 @@ def integrated_gradients(
         Points on the path, or ``"auto"``: start with 33 points of the trapezoid rule and halve
         the spacing only for the (sample, class) rows whose relative completeness gap
         ``|delta| / |F(x) - F(b)|`` exceeds ``tol``, reusing every point computed so far, up to
-        ``max_steps`` points; ``params["steps_used"]`` records each row's count.
+        ``max_steps`` points; ``params["steps_used"]`` records each row's count. A row whose
+        change ``|F(x) - F(b)|`` is below a thousandth of the sample's largest score is held to
+        that floor instead (as :func:`saliency.audit.completeness` measures).
     rule
         ``"gausslegendre"`` (Captum's default, the default here for a fixed ``steps``),
         ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``
