@@ -367,7 +367,7 @@ def test_bad_arguments(change, error, match):
 
 
 def test_a_mapping_without_logits_is_a_clear_error():
-    with pytest.raises(TypeError, match="'logits' tensor.*output= a callable"):
+    with pytest.raises(TypeError, match=r"'logits' tensor.*output= a callable"):
         from_captum(Saliency, lambda t: {"scores": t.sum(1)}, torch.randn(3, 2))
 
 
