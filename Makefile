@@ -35,3 +35,4 @@ bench: setup-dev
 	$(PY) benchmarks/methods.py
 	$(PY) benchmarks/viz.py
 	$(PY) benchmarks/audit.py
+	$(PY) benchmarks/audit_run.py

@@ -1,4 +1,4 @@
-"""The ``saliency`` command: ``demo`` and ``explain`` (the only module that prints).
+"""The ``saliency`` command: ``demo``, ``explain`` and ``audit`` (the only module that prints).
 
 Examples
 --------
@@ -6,13 +6,17 @@ Examples
   saliency explain digits digit.png --method ig --classes top3 --out maps/
   saliency explain model.pt2 photos/ --method smoothgrad --classes all --size 224 224 \\
       --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --class-names classes.txt --out maps/
+  saliency audit digits digits --out audit/
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,28 +27,85 @@ import torch
 from . import models, viz
 from ._atomic import atomic_write
 from .attribution import Attribution
+from .engine import outputs, parse_memory
 from .io import InputError, LoadedModel, Sample, find_inputs, iter_inputs, load_model
-from .methods import gradients, integrated_gradients, smoothgrad
-from .targets import Classes, top_k
+from .methods import Method, gradients, integrated_gradients, smoothgrad
+from .targets import Classes, Contrast, TopK, top_k
+from .viz.labels import file_stem
 
-METHODS = {"gradients": gradients, "smoothgrad": smoothgrad, "ig": integrated_gradients}
-# Small inputs such as 8x8 digits are enlarged (nearest neighbour) before overlays are drawn.
-_MIN_PICTURE = 96
+# The one table of methods: each name, and how the command builds it from its options. Both
+# explain and audit take --method from here. A seed of None is left to the caller (audit derives
+# one per shard).
+METHODS: dict[str, Callable[[argparse.Namespace], Method]] = {
+    "gradients": lambda args: gradients,
+    "smoothgrad": lambda args: functools.partial(
+        smoothgrad,
+        n_samples=args.n_samples,
+        noise=args.noise,
+        **({} if args.seed is None else {"seed": args.seed}),
+    ),
+    "ig": lambda args: functools.partial(integrated_gradients, steps=args.steps),
+}
 _DEFAULT_CLASSES = object()  # the 3 highest-scoring classes, or all when there are at most 3
+# Python argument names in the library's messages, and the command's options for them.
+_OPTION_WORDS = [
+    (re.compile(r"\boverwrite=True\b"), "--overwrite"),
+    (re.compile(r"\bmax_memory(=|: )"), "--max-memory "),
+    (re.compile(r"\bmax_memory\b"), "--max-memory"),
+    (re.compile(r"^out_dir: "), "--out: "),
+    (re.compile(r"^batch_size: "), "--batch-size: "),
+    (re.compile(r"^classes(=|: )"), "--classes "),
+    (re.compile(r"^metrics: "), "--metrics: "),
+    (re.compile(r"^methods: "), "--method: "),
+]
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with one line saying what was saved and how to go on."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 some inputs failed, 2 usage)."""
+    """Run the command line; returns the exit status (0 ok, 1 some inputs failed, 2 usage, 130
+    interrupted)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except _Interrupted as note:
+        _say(f"saliency {args.command}: {note}", err=True)
+        return 130
+    except KeyboardInterrupt:
+        _say(f"saliency {args.command}: interrupted", err=True)
+        return 130
     except FileExistsError as error:
-        print(f"saliency {args.command}: error: {error} (use --overwrite)", file=sys.stderr)
+        _say(
+            f"saliency {args.command}: error: {error.filename or error} exists; use --overwrite "
+            "to replace it",
+            err=True,
+        )
         return 2
-    except (OSError, ValueError, TypeError, MemoryError) as error:
-        print(f"saliency {args.command}: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, TypeError, MemoryError, RuntimeError) as error:
+        _say(f"saliency {args.command}: error: {_option_words(str(error))}", err=True)
         return 2
+
+
+def _option_words(message: str) -> str:
+    """The library's message with its Python argument names replaced by the command's options.
+
+    Examples
+    --------
+    >>> _option_words("out_dir: 'a' holds a run; pass overwrite=True to delete it")
+    "--out: 'a' holds a run; pass --overwrite to delete it"
+    """
+    for pattern, option in _OPTION_WORDS:
+        message = pattern.sub(option, message)
+    return message
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    # Under torchrun every rank runs the command; one of them speaks.
+    if os.environ.get("RANK", "0") == "0":
+        print(text, file=sys.stderr if err else sys.stdout)
 
 
 # -- demo -----------------------------------------------------------------------------------------
@@ -67,7 +128,7 @@ def demo(args: argparse.Namespace) -> int:
         "smoothgrad": lambda: smoothgrad(model, x, n_samples=50, noise=0.15, seed=0),
         "ig": lambda: integrated_gradients(model, x, baseline=black, steps=50),
     }
-    images = _enlarge(x * info.std[0] + info.mean[0])
+    images = viz.enlarge(x * info.std[0] + info.mean[0])
     results: dict[str, Attribution] = {}
     files: list[Path] = []
     for name, run in runs.items():
@@ -129,7 +190,8 @@ def explain(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
     names = _class_names(args.class_names, loaded)
     classes = parse_classes(args.classes) if args.classes is not None else _DEFAULT_CLASSES
-    method = _method(args)
+    method = METHODS[args.method](args)
+    max_memory = _memory(args.max_memory)
     mean = args.mean if args.mean is not None else loaded.mean
     std = args.std if args.std is not None else loaded.std
     _check_out(out)
@@ -140,6 +202,7 @@ def explain(args: argparse.Namespace) -> int:
                 f"--size {size[0]} {size[1]}: {loaded.source} takes inputs of shape "
                 f"{tuple(loaded.input_shape)}; leave --size out to use its own"
             )
+    folder = _Outputs(out, _settings(args, loaded, names, mean, std), overwrite=args.overwrite)
     paths, errors = find_inputs(args.inputs, recursive=args.recursive)
     stream = iter_inputs(
         paths,
@@ -151,20 +214,43 @@ def explain(args: argparse.Namespace) -> int:
         key=args.key,
     )
     bar = _progress(len(paths), args.progress)
-    index, written = 0, []
-    for batch in _batches(stream, args.batch_size, errors):
-        x = torch.stack([s.tensor for s in batch])
-        with _model_errors(loaded, x, batch):
-            if classes is _DEFAULT_CLASSES:  # settled once, on the first batch
-                with torch.no_grad():
-                    n_out = loaded.model(x[:1]).reshape(1, -1).shape[1]
-                classes = top_k(3) if n_out > 3 else None
-            attr = method(loaded.model, x, classes, output=args.output, max_memory=args.max_memory)
-        written += _write_batch(attr, batch, x, index, loaded, names, args, mean, std)
-        index += len(batch)
-        bar.update(len(batch))
-    bar.close()
-    print(f"Explained {index} input(s) with {args.method}; wrote {len(written)} file(s) to {out}/")
+    index, written, reused = 0, [], 0
+    try:
+        for batch in _batches(stream, args.batch_size, errors):
+            x = torch.stack([s.tensor for s in batch])
+            with _model_errors(loaded, x, batch):
+                batch, x = _screened(loaded, x, batch, args.output, errors, index > 0)
+                if batch and (classes is _DEFAULT_CLASSES or index == 0):  # settled once
+                    n_out = outputs(loaded.model, x[:1], output=args.output).shape[1]
+                    if classes is _DEFAULT_CLASSES:
+                        classes = top_k(3) if n_out > 3 else None
+                    _check_classes(classes, args.classes, n_out)
+            if not batch:
+                continue
+            if folder.complete(index, [s.name for s in batch]):
+                reused += len(batch)
+            else:
+                with _model_errors(loaded, x, batch):
+                    attr = method(
+                        loaded.model, x, classes, output=args.output, max_memory=max_memory
+                    )
+                written += _write_batch(
+                    attr, batch, x, index, loaded, names, args, mean, std, folder
+                )
+            index += len(batch)
+            bar.update(len(batch))
+    except KeyboardInterrupt:
+        raise _Interrupted(
+            f"interrupted; the outputs of {index} input(s) are saved in {out}/: run the same "
+            "command again to resume"
+        ) from None
+    finally:
+        bar.close()
+    again = f" ({reused} already done, kept)" if reused else ""
+    print(
+        f"Explained {index} input(s) with {args.method}{again}; wrote {len(written)} file(s) "
+        f"to {out}/"
+    )
     if errors:
         print(f"{len(errors)} input(s) failed and were skipped:", file=sys.stderr)
         for err in errors:
@@ -199,6 +285,20 @@ def _batches(stream, size: int, errors: list[InputError]) -> Iterator[list[Sampl
         yield batch
 
 
+def _screened(loaded, x, batch, output, errors, whole_batch_may_fail):
+    """The batch without the inputs that cannot be explained (each named, by file and row)."""
+    from .audit.datasets.screen import screen
+
+    keep, problems = screen(
+        loaded.model, x, output=output, whole_batch_may_fail=whole_batch_may_fail
+    )
+    for j, why in problems.items():
+        err = InputError(Path(batch[j].name), why)
+        errors.append(err)
+        _report(err)
+    return [s for s, k in zip(batch, keep.tolist(), strict=True) if k], x[keep.to(x.device)]
+
+
 @contextlib.contextmanager
 def _model_errors(loaded: LoadedModel, x: torch.Tensor, batch: list[Sample]) -> Iterator[None]:
     """Report a model that refuses its inputs as a usage error, not a traceback."""
@@ -212,32 +312,126 @@ def _model_errors(loaded: LoadedModel, x: torch.Tensor, batch: list[Sample]) -> 
         ) from error
 
 
-def _write_batch(attr, batch: list[Sample], x, start, loaded, names, args, mean, std):
-    """Overlays (or feature charts), the batch's JSON index and optionally the raw values."""
+class _Outputs:
+    """The output folder of ``explain``: which batches are complete, made with these settings.
+
+    ``explain.json`` records the settings; each batch's ``inputs_NNNNNN.json``, written after its
+    pictures, lists its inputs and files and marks it complete. A run with the same settings
+    skips complete batches and may replace what an interrupted one left; other settings are
+    refused (naming what differs) unless ``--overwrite``.
+    """
+
+    NAME = "explain.json"
+
+    def __init__(self, out: Path, settings: dict, *, overwrite: bool) -> None:
+        from .audit.datasets.manifest import differences, digest
+
+        self.out, self.settings, self.overwrite = out, settings, overwrite
+        self.digest = digest(settings)
+        self.resuming = False
+        try:
+            before = json.loads((out / self.NAME).read_text())
+        except (OSError, ValueError):
+            return
+        if before.get("digest") == self.digest:
+            self.resuming = True
+        elif not overwrite:
+            changed = "; ".join(differences(before.get("settings", {}), settings))
+            raise ValueError(
+                f"--out {out}: holds outputs made with other settings ({changed}); run it as "
+                "before to resume, use --overwrite to replace them, or choose another --out"
+            )
+
+    @property
+    def may_replace(self) -> bool:
+        return self.resuming or self.overwrite
+
+    def begin(self) -> None:
+        """Record the settings, before the first file of a batch is written."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.out / self.NAME, "w") as f:
+            json.dump({"digest": self.digest, "settings": self.settings}, f, indent=1)
+        self.resuming = True
+
+    def complete(self, start: int, names: list[str]) -> bool:
+        """Whether the batch starting at ``start`` was written whole, for these inputs."""
+        if not self.resuming or self.overwrite:
+            return False
+        try:
+            record = json.loads((self.out / f"inputs_{start:06d}.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(record, dict)
+            and record.get("settings") == self.digest
+            and [r.get("input") for r in record.get("inputs", [])] == names
+            and all((self.out / f).exists() for f in record.get("files", []))
+        )
+
+
+def _settings(args, loaded: LoadedModel, names, mean, std) -> dict:
+    """What decides explain's outputs, by option (a changed one is named when refused)."""
+    from .audit.datasets.manifest import fingerprint
+
+    method_options = {
+        "gradients": {},
+        "smoothgrad": {"--n-samples": args.n_samples, "--noise": args.noise, "--seed": args.seed},
+        "ig": {"--steps": args.steps},
+    }[args.method]
+    return {
+        "MODEL": args.model,
+        "model fingerprint": fingerprint(loaded.model),
+        "--weights": args.weights,
+        "--method": args.method,
+        **method_options,
+        "--classes": args.classes,
+        "--output": args.output,
+        "--size": args.size,
+        "--channels": args.channels,
+        "--mean": None if mean is None else list(mean),
+        "--std": None if std is None else list(std),
+        "--key": args.key,
+        "--class-names": names,
+        "--top": args.top,
+        "--batch-size": args.batch_size,
+        "--save-values": args.save_values,
+    }
+
+
+def _write_batch(attr, batch: list[Sample], x, start, loaded, names, args, mean, std, folder):
+    """Overlays (or feature charts), the optional raw values, then the batch's JSON index."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     index_file = out / f"inputs_{start:06d}.json"
     planned = [index_file]
     if args.save_values:
         planned.append(out / f"values_{start:06d}.safetensors")
-    _check_free(planned, args.overwrite)
-    if x.ndim == 4:  # images, or image-shaped tensors drawn under their own (undone) values
+    images = x.ndim == 4  # images, or image-shaped tensors drawn under their own (undone) values
+    if images:
+        planned += [
+            out / f"{file_stem(start + b, c, names)}.png"
+            for b in range(len(batch))
+            for c in attr.classes[b].tolist()
+        ]
+    else:
+        planned += [out / f"{start + b}_features.png" for b in range(len(batch))]
+    _check_free(planned, folder.may_replace)
+    folder.begin()
+    written: list[Path] = []
+    if images:
         written += viz.save_overlays(
             attr,
-            _enlarge(_pictures(batch, x, mean, std)),
+            viz.enlarge(_pictures(batch, x, mean, std)),
             out,
             class_names=names,
             start=start,
-            overwrite=args.overwrite,
+            overwrite=True,  # checked above, with the command's words
             sign="all",
             value_range=(0.0, 1.0),
         )
     else:
+        feature_names = loaded.feature_names or [str(i) for i in range(x[0].numel())]
         for b in range(len(batch)):
             path = out / f"{start + b}_features.png"
-            _check_free([path], args.overwrite)
-            feature_names = loaded.feature_names or [str(i) for i in range(x[0].numel())]
             fig = viz.plot_features(attr, feature_names, top=args.top, sample=b, class_names=names)
             with atomic_write(path) as f:
                 fig.savefig(f, format="png", dpi=100)
@@ -245,18 +439,154 @@ def _write_batch(attr, batch: list[Sample], x, start, loaded, names, args, mean,
     if args.save_values:
         attr.save(planned[1])
         written.append(planned[1])
-    record = [
-        {
-            "index": start + b,
-            "input": s.name,
-            "classes": [names[c] if names else c for c in attr.classes[b].tolist()],
-            "scores": [float(attr.outputs[b, c]) for c in attr.classes[b].tolist()],
-        }
-        for b, s in enumerate(batch)
-    ]
+    record = {
+        "settings": folder.digest,
+        "inputs": [
+            {
+                "index": start + b,
+                "input": s.name,
+                "classes": [names[c] if names else c for c in attr.classes[b].tolist()],
+                "scores": [float(attr.outputs[b, c]) for c in attr.classes[b].tolist()],
+            }
+            for b, s in enumerate(batch)
+        ],
+        "files": [p.name for p in written],
+    }
     with atomic_write(index_file, "w") as f:
         json.dump(record, f, indent=1)
     return [*written, index_file]
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+def audit(args: argparse.Namespace) -> int:
+    """Audit a data set with a model; see ``saliency audit --help``."""
+    from .audit import run
+    from .audit.datasets.files import open_data
+    from .audit.datasets.runner import DEFAULT_METRICS
+
+    out = Path(args.out)
+    _check_out(out)
+    loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
+    names = _class_names(args.class_names, loaded)
+    mean = args.mean if args.mean is not None else loaded.mean
+    std = args.std if args.std is not None else loaded.std
+    bundled = args.data in models.available() and not Path(args.data).exists()
+    data = open_data(
+        args.data,
+        shape=loaded.input_shape,
+        size=tuple(args.size) if args.size else None,
+        channels=args.channels,
+        mean=None if bundled else mean,
+        std=None if bundled else std,
+        class_names=names,
+    )
+    if bundled:  # normalised for the bundled model of that name: drawn with its statistics
+        info = models.load(args.data)[1]
+        mean, std = info.mean, info.std
+    names = names or data.class_names
+    classes = "label" if args.classes.strip().lower() == "label" else parse_classes(args.classes)
+    methods = {
+        name: METHODS[name](argparse.Namespace(**{**vars(args), "seed": None}))
+        for name in args.method
+    }
+    max_memory = _memory(args.max_memory)
+    _check_audit_classes(loaded, data, classes, args)
+    _say(
+        f"Auditing {len(data.dataset)} samples of {args.data} with {', '.join(methods)} "
+        f"(labels: {data.labels_from or 'none'}); results in {out}/"
+    )
+    try:
+        result = run(
+            loaded.model,
+            data.dataset,
+            out_dir=out,
+            methods=methods,
+            metrics=list(DEFAULT_METRICS) if args.metrics is None else args.metrics,
+            classes=classes,
+            batch_size=args.batch_size,
+            output=args.output,
+            max_memory=max_memory,
+            seed=args.seed,
+            keep_values=args.keep_values,
+            class_names=names,
+            mean=mean,
+            std=std,
+            report=not args.no_report,
+            progress=args.progress,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        raise _Interrupted(
+            f"interrupted; {_shards_saved(out)} are saved in {out}/: run the same command again "
+            "to resume"
+        ) from None
+    summary = result.summary
+    accuracy = summary.get("accuracy")
+    _say(
+        f"Audited {summary['explained']} of {summary['samples']} samples"
+        + (f" (accuracy {accuracy:.1%})" if accuracy is not None else "")
+        + f": {result.computed} shard(s) computed here, {result.resumed} resumed."
+    )
+    for method, entry in summary["methods"].items():
+        for column, info in entry["columns"].items():
+            stats = info["all"]
+            if column == "score" or "mean" not in stats:
+                continue
+            if info.get("kind") == "flag":
+                _say(f"  {method} {column}: {stats['mean']:.1%} of {info['per']} rows")
+                continue
+            better = f"; {info['better']} is better" if "better" in info else ""
+            _say(
+                f"  {method} {column}: mean {stats['mean']:.4g}, median {stats['median']:.4g}"
+                f"{better}"
+            )
+    _say(f"Summary: {out / 'summary.json'}; rows: {out / 'shards'}/*.jsonl")
+    if result.report is not None:
+        _say(f"Report: {result.report}")
+    if result.skipped:
+        _say(f"{len(result.skipped)} sample(s) could not be explained and were skipped:", err=True)
+        for i, reason in sorted(result.skipped.items()):
+            _say(f"  {data.names[i]}: {data.errors.get(i, reason)}", err=True)
+        return 1
+    return 0
+
+
+def _check_audit_classes(loaded: LoadedModel, data, classes, args) -> None:
+    """``--classes`` against the model's outputs, on the first sample that has any."""
+    if classes == "label":
+        if not data.labelled:
+            raise ValueError(f"--classes label: {args.data} has no labels")
+        return
+    for i in range(min(len(data.dataset), 8)):
+        item = data.dataset[i]
+        x = item[0] if isinstance(item, tuple | list) else item
+        try:
+            n_out = outputs(loaded.model, x[None], output=args.output).shape[1]
+        except ValueError:
+            continue  # an unreadable sample: the run names it
+        except RuntimeError as error:
+            last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+            raise ValueError(
+                f"MODEL: {loaded.source} failed on samples of shape {tuple(x.shape)} from "
+                f"{args.data}: {last}. Check --size, --channels, --mean and --std."
+            ) from error
+        _check_classes(classes, args.classes, n_out)
+        return
+
+
+def _shards_saved(out: Path) -> str:
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        total = manifest["shards"]["count"]
+        done = sum(
+            int(b or a) - int(a) + 1
+            for a, _, b in (p.partition("-") for p in manifest["complete"].split(",") if p)
+        )
+    except (OSError, ValueError, KeyError):
+        return "no shards"
+    return f"{done} of {total} shards"
 
 
 def parse_classes(text: str) -> Classes:
@@ -285,16 +615,6 @@ def parse_classes(text: str) -> Classes:
     return ids
 
 
-def _method(args: argparse.Namespace) -> Callable[..., Attribution]:
-    if args.method == "gradients":
-        return gradients
-    if args.method == "smoothgrad":
-        return lambda m, x, c, **kw: smoothgrad(
-            m, x, c, n_samples=args.n_samples, noise=args.noise, seed=args.seed, **kw
-        )
-    return lambda m, x, c, **kw: integrated_gradients(m, x, c, steps=args.steps, **kw)
-
-
 def _class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
     if path is None:
         return list(loaded.class_names) if loaded.class_names else None
@@ -308,25 +628,13 @@ def _class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
 # -- small helpers --------------------------------------------------------------------------------
 
 
-def _enlarge(images: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour enlargement of small images by a whole factor, for legible pictures."""
-    factor = max(1, -(-_MIN_PICTURE // images.shape[-1]))
-    return images.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
-
-
 def _pictures(batch: list[Sample], x: torch.Tensor, mean, std) -> torch.Tensor:
     """The pictures to draw overlays on, in [0, 1] at the model's input size."""
     if all(s.image is not None for s in batch):
         return _resize_like(
             [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in batch], x
         )
-    raw = x
-    if std is not None:
-        raw = raw * torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
-    if mean is not None:
-        raw = raw + torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
-    lo, hi = raw.amin(dim=(1, 2, 3), keepdim=True), raw.amax(dim=(1, 2, 3), keepdim=True)
-    return (raw - lo) / (hi - lo).clamp_min(1e-12)
+    return viz.input_pictures(x, mean=mean, std=std)
 
 
 def _resize_like(images: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -350,7 +658,31 @@ def _check_out(out: Path) -> None:
 def _check_free(paths: list[Path], overwrite: bool) -> None:
     taken = [str(p) for p in paths if p.exists()]
     if taken and not overwrite:
-        raise FileExistsError(f"{taken[0]} exists")
+        raise FileExistsError(17, "exists", taken[0])
+
+
+def _memory(text: str | None) -> int | None:
+    try:
+        return parse_memory(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"--max-memory: could not read {text!r}; expected a size such as 512MB, 2GB or 1.5GiB"
+        ) from e
+
+
+def _check_classes(classes: Classes, text: str | None, n_out: int) -> None:
+    """``--classes`` against the model's number of outputs, in the command's words."""
+    if isinstance(classes, TopK) and classes.k > n_out:
+        raise ValueError(f"--classes {text} asks for more classes than the model's {n_out} outputs")
+    ids = classes if isinstance(classes, list) else []
+    if isinstance(classes, Contrast):
+        ids = [*classes.a, *classes.b]
+    bad = [c for c in ids if not 0 <= c < n_out]
+    if bad:
+        raise ValueError(
+            f"--classes {text}: {', '.join(map(str, bad))} out of range for the model's {n_out} "
+            f"outputs (ids 0 to {n_out - 1})"
+        )
 
 
 def _save_image(image, path: Path) -> None:
@@ -415,17 +747,13 @@ def _parser() -> argparse.ArgumentParser:
         "--out m/\n  saliency explain breast_cancer rows.npy --classes all --out m/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument(
-        "model",
-        help="a bundled model name (digits, breast_cancer), a TorchScript file, a torch.export "
-        ".pt2 file, or package.module:factory together with --weights",
-    )
+    _model_arguments(e)
     e.add_argument(
         "inputs", nargs="+", help="image files or folders, or .npy / .safetensors tensor files"
     )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument(
-        "--method", choices=sorted(METHODS), default="gradients", help="default: gradients"
+        "--method", choices=list(METHODS), default="gradients", help="default: gradients"
     )
     e.add_argument(
         "--classes",
@@ -433,44 +761,10 @@ def _parser() -> argparse.ArgumentParser:
         help="'all', 'topN' (the N highest per input) or ids like '3' or '1,5,7' (default: "
         "top3, or all when the model has at most 3 classes)",
     )
-    e.add_argument("--weights", help="safetensors or state-dict file for a factory MODEL")
-    e.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow loading a pickled full model (this can run arbitrary code: only for files "
-        "you trust)",
-    )
-    e.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="resize images to H W")
-    e.add_argument(
-        "--mean",
-        nargs="+",
-        type=float,
-        help="per-channel mean to normalise with, for pixels scaled to [0, 1] (bundled models "
-        "bring their own)",
-    )
-    e.add_argument(
-        "--std", nargs="+", type=float, help="per-channel std to normalise with (as --mean)"
-    )
-    e.add_argument("--class-names", help="text file with one class name per line")
+    _input_arguments(e)
     e.add_argument("--key", help="tensor name inside a .safetensors input with several")
-    e.add_argument(
-        "--output",
-        choices=["logits", "softmax", "log_softmax"],
-        default="logits",
-        help="explain raw logits (default) or probabilities",
-    )
-    e.add_argument("--steps", type=int, default=50, help="IG path points (default 50)")
-    e.add_argument("--n-samples", type=int, default=50, help="SmoothGrad samples (default 50)")
-    e.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of range")
-    e.add_argument("--seed", type=int, default=0, help="SmoothGrad seed (default 0)")
+    _method_arguments(e, seed_help="SmoothGrad seed (default 0)")
     e.add_argument("--batch-size", type=_positive, default=32, help="inputs per batch (default 32)")
-    e.add_argument(
-        "--channels",
-        type=int,
-        choices=[1, 3],
-        help="convert images to 1 (grayscale) or 3 (RGB) channels (default: the model's, else "
-        "as stored)",
-    )
     e.add_argument("--max-memory", help="memory budget such as 2GB (default: none)")
     e.add_argument("--top", type=int, default=None, help="features shown per class (tabular)")
     e.add_argument("--save-values", action="store_true", help="also save raw attributions")
@@ -481,6 +775,129 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
-    e.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files, and outputs made with other settings",
+    )
     e.set_defaults(run=explain)
+
+    a = sub.add_parser(
+        "audit",
+        help="explain and measure a whole data set; resumable; writes an HTML report",
+        description="Explain every sample of a data set for every class (or --classes) with one "
+        "or more methods, measure each explanation (--metrics), and write per-sample rows "
+        "(shards/*.jsonl), a summary (summary.json) and a self-contained report (report.html). "
+        "Results are written in shards as they are computed: run the same command again after "
+        "an interruption and it resumes. Launch it with torchrun to split the work across "
+        "processes or machines. Samples that cannot be explained are named and skipped; the "
+        "exit status is then 1.",
+        epilog="examples:\n"
+        "  saliency audit digits digits --out audit/\n"
+        "  saliency audit model.pt2 photos/ --method gradients ig --metrics deletion --out a/\n"
+        "  torchrun --nproc-per-node=4 -m saliency audit model.pt2 data.safetensors --out a/\n"
+        "DATA is a bundled data set (digits, breast_cancer), a folder with one sub-folder of "
+        "images per class, or a tensor file: .safetensors with tensors x and y, a .pt file of "
+        "{'x': ..., 'y': ...} (read with weights_only=True), or .npy (x only).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_arguments(a)
+    a.add_argument("data", metavar="DATA", help="the data set (see below)")
+    a.add_argument("--out", required=True, help="output folder (resumed when it holds this run)")
+    a.add_argument(
+        "--method",
+        nargs="+",
+        choices=list(METHODS),
+        default=["gradients"],
+        help="one or more methods (default: gradients)",
+    )
+    a.add_argument(
+        "--metrics",
+        nargs="*",
+        default=None,
+        help="per-sample metrics of saliency.audit, e.g. deletion insertion road "
+        "class_sensitivity completeness margins norms (default: deletion class_sensitivity)",
+    )
+    a.add_argument(
+        "--classes",
+        default="all",
+        help="'all' (default), 'topN', ids like '1,5,7', or 'label' (each sample's label)",
+    )
+    _input_arguments(a)
+    _method_arguments(a, seed_help="seed of every random draw, per shard (default 0)")
+    a.add_argument(
+        "--batch-size", type=_positive, default=32, help="samples per shard (default 32)"
+    )
+    a.add_argument("--max-memory", help="memory budget such as 2GB (default: none)")
+    a.add_argument(
+        "--keep-values",
+        action="store_true",
+        help="also keep every attribution (can be large: the size is checked first)",
+    )
+    a.add_argument("--no-report", action="store_true", help="skip report.html")
+    a.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on stderr (default: on)",
+    )
+    a.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete a run made with other settings in --out and start again",
+    )
+    a.set_defaults(run=audit)
     return parser
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a bundled model name (digits, breast_cancer), a TorchScript file, a torch.export "
+        ".pt2 file, or package.module:factory together with --weights",
+    )
+    p.add_argument("--weights", help="safetensors or state-dict file for a factory MODEL")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled full model (this can run arbitrary code: only for files "
+        "you trust)",
+    )
+
+
+def _input_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="resize images to H W")
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        help="convert images to 1 (grayscale) or 3 (RGB) channels (default: the model's, else "
+        "as stored)",
+    )
+    p.add_argument(
+        "--mean",
+        nargs="+",
+        type=float,
+        help="per-channel mean to normalise with, for pixels scaled to [0, 1] (bundled models "
+        "bring their own)",
+    )
+    p.add_argument(
+        "--std", nargs="+", type=float, help="per-channel std to normalise with (as --mean)"
+    )
+    p.add_argument("--class-names", help="text file with one class name per line")
+    p.add_argument(
+        "--output",
+        choices=["logits", "softmax", "log_softmax"],
+        default="logits",
+        help="explain raw logits (default) or probabilities",
+    )
+
+
+def _method_arguments(p: argparse.ArgumentParser, *, seed_help: str) -> None:
+    p.add_argument("--steps", type=_positive, default=50, help="IG path points (default 50)")
+    p.add_argument(
+        "--n-samples", type=_positive, default=50, help="SmoothGrad samples (default 50)"
+    )
+    p.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of range")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)

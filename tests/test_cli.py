@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +146,7 @@ def test_explain_each_model_form(form, tmp_path, monkeypatch, capsys):
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == len(inputs) * 2
     assert all(_valid_png(p) == (96, 96) for p in pngs)  # small inputs are enlarged
-    record = json.loads((out / "inputs_000000.json").read_text())
+    record = json.loads((out / "inputs_000000.json").read_text())["inputs"]
     assert [r["input"].endswith(f"img{i}.png") for i, r in enumerate(record)] == [True] * 3
     assert len(record[0]["classes"]) == 2
     assert (out / "values_000000.safetensors").exists()
@@ -190,18 +192,39 @@ def test_corrupt_image_is_skipped_and_reported(tmp_path, monkeypatch, capsys):
     assert len(list(out.glob("*.png"))) == 2 * 3  # the two good images, top3 classes each
 
 
-def test_explain_does_not_overwrite_without_flag(tmp_path, monkeypatch, capsys):
+def test_explain_resumes_and_refuses_other_settings_without_flag(tmp_path, monkeypatch, capsys):
     spec = _model_files(tmp_path, monkeypatch)["torchscript"]
-    _images(tmp_path / "in", n=1)
+    _images(tmp_path / "in", n=3)
     args = ["explain", *spec, str(tmp_path / "in"), "--out", str(tmp_path / "out")]
-    args += ["--size", "16", "16", "--classes", "0"]
+    args += ["--size", "16", "16", "--classes", "0", "--batch-size", "2"]
     assert main(args) == 0
     target = tmp_path / "out" / "0_0.png"
     before = target.stat().st_mtime_ns
-    assert main(args) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    capsys.readouterr()
+    # the same command again: every batch is complete, nothing is written
+    assert main(args) == 0
+    assert "(3 already done, kept)" in capsys.readouterr().out
     assert target.stat().st_mtime_ns == before
-    assert main([*args, "--overwrite"]) == 0
+    # other settings: refused, naming the option that changed, in the command's words
+    assert main([*args, "--method", "ig"]) == 2
+    err = capsys.readouterr().err
+    assert "--method: 'gradients' then, 'ig' now" in err and "--overwrite" in err
+    assert "overwrite=True" not in err and target.stat().st_mtime_ns == before
+    assert main([*args, "--method", "ig", "--overwrite"]) == 0
+    assert target.stat().st_mtime_ns != before
+
+
+def test_explain_refuses_files_it_did_not_write(tmp_path, capsys):
+    x, _ = models.held_out("digits", n=1)
+    np.save(tmp_path / "one.npy", (x.numpy() * 0.376 + 0.305).astype(np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0_3.png").write_bytes(b"someone else's")
+    args = ["explain", "digits", str(tmp_path / "one.npy"), "--out", str(out), "--classes", "3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out / '0_3.png'} exists; use --overwrite" in err and "overwrite=True" not in err
+    assert (out / "0_3.png").read_bytes() == b"someone else's"
 
 
 def test_explain_image_shaped_tensor_file(tmp_path, capsys):
@@ -242,3 +265,190 @@ def test_inputs_of_another_shape_are_skipped_and_model_errors_are_named(
 def test_duplicate_class_ids_are_refused():
     with pytest.raises(ValueError, match="--classes"):
         parse_classes("1,1")
+
+
+# -- inputs the model cannot take, options in messages, Ctrl-C, resume -----------------------------
+
+
+def _raw_digits(n: int) -> np.ndarray:
+    """Held-out digits as the command reads them: pixels in [0, 1], normalised by the command."""
+    x, _ = models.held_out("digits", n=n)
+    _, info = models.load("digits")
+    return (x.numpy() * info.std[0] + info.mean[0]).astype(np.float32)
+
+
+def test_explain_skips_a_nan_row_by_file_and_row_and_goes_on(tmp_path, capsys):
+    rows = _raw_digits(5)
+    rows[2, 0, 3, 3] = np.nan
+    rows[0, 0, 0, 0] = np.inf  # the first input too: the first batch settles the classes
+    np.save(tmp_path / "rows.npy", rows)
+    out = tmp_path / "out"
+    args = ["explain", "digits", str(tmp_path / "rows.npy"), "--out", str(out)]
+    assert main([*args, "--classes", "1", "--batch-size", "4"]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'rows.npy'}[2]: the input holds NaN or inf" in captured.err
+    assert f"{tmp_path / 'rows.npy'}[0]: the input holds NaN or inf" in captured.err
+    assert "Explained 3 input(s)" in captured.out
+    assert len(list(out.glob("*_1.png"))) == 3
+    inputs = [r["input"] for f in sorted(out.glob("inputs_*.json"))
+              for r in json.loads(f.read_text())["inputs"]]  # fmt: skip
+    assert [name.rsplit("[", 1)[1] for name in inputs] == ["1]", "3]", "4]"]
+
+
+def test_explain_names_options_not_python_arguments(tmp_path, capsys):
+    np.save(tmp_path / "rows.npy", _raw_digits(2))
+    base = ["explain", "digits", str(tmp_path / "rows.npy"), "--out", str(tmp_path / "out")]
+    assert main([*base, "--classes", "top20"]) == 2
+    err = capsys.readouterr().err
+    assert "--classes top20 asks for more classes than the model's 10 outputs" in err
+    assert "top_k" not in err and "classes=" not in err
+    assert main([*base, "--classes", "3,12"]) == 2
+    assert "--classes 3,12: 12 out of range for the model's 10 outputs" in capsys.readouterr().err
+    assert main([*base, "--max-memory", "lots"]) == 2
+    assert "--max-memory: could not read 'lots'" in capsys.readouterr().err
+    assert main([*base, "--max-memory", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-memory 10 B is too small" in err and "max_memory" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def _interrupt_when(command: list[str], ready, timeout: float = 90.0):
+    """Run the command in a subprocess, press Ctrl-C (SIGINT) once ``ready()``; its result."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"ended before Ctrl-C: {process.communicate()[1][-2000:]}")
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def test_explain_ctrl_c_says_what_was_saved_and_a_rerun_resumes(tmp_path):
+    np.save(tmp_path / "rows.npy", _raw_digits(12))
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "saliency", "explain", "digits", str(tmp_path / "rows.npy"),
+        "--out", str(out), "--method", "smoothgrad", "--n-samples", "150", "--batch-size", "4",
+        "--classes", "2",
+    ]  # fmt: skip
+    code, _, err = _interrupt_when(command, lambda: (out / "inputs_000000.json").exists())
+    assert code == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    saved = int(re.search(r"the outputs of (\d+) input\(s\) are saved", err).group(1))
+    assert 4 <= saved < 12 and "run the same command again to resume" in err
+    first = (out / "0_2.png").stat().st_mtime_ns
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"({saved} already done, kept)" in done.stdout
+    assert (out / "0_2.png").stat().st_mtime_ns == first
+    assert len(list(out.glob("*_2.png"))) == 12
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+
+def _digits_file(path: Path, n: int, nan_row: int | None = None) -> Path:
+    x = _raw_digits(n)
+    if nan_row is not None:
+        x[nan_row] = np.nan
+    _, y = models.held_out("digits", n=n)
+    save_file({"x": torch.from_numpy(x), "y": y}, path)
+    return path
+
+
+def test_audit_bundled_digits_for_a_newcomer(tmp_path, capsys):
+    out = tmp_path / "audit"
+    args = ["audit", "digits", "digits", "--out", str(out), "--metrics", "norms", "--no-progress"]
+    assert main([*args, "--batch-size", "120"]) == 0
+    text = capsys.readouterr().out
+    assert "Audited 360 of 360 samples (accuracy 98.1%)" in text
+    assert f"Report: {out / 'report.html'}" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 360 and sum(map(sum, summary["confusion"])) == 360
+    assert main([*args, "--batch-size", "120"]) == 0  # resumed: nothing left to do
+    assert "0 shard(s) computed here, 3 resumed" in capsys.readouterr().out
+    assert main([*args, "--batch-size", "60"]) == 2
+    err = capsys.readouterr().err
+    assert "--out: " in err and "config.batch_size: 120 then, 60 now" in err
+    assert "--overwrite" in err and "overwrite=True" not in err
+
+
+def test_audit_tensor_file_skips_and_names_a_nan_sample(tmp_path, capsys):
+    data = _digits_file(tmp_path / "digits.safetensors", 12, nan_row=5)
+    out = tmp_path / "out"
+    args = ["audit", "digits", str(data), "--out", str(out), "--metrics", "norms", "--no-report"]
+    assert main([*args, "--batch-size", "8", "--no-progress", "--classes", "label"]) == 1
+    captured = capsys.readouterr()
+    assert f"{data}[5]: the input holds NaN or inf" in captured.err
+    assert "Audited 11 of 12 samples" in captured.out
+    rows = [json.loads(line) for f in sorted((out / "shards").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]  # fmt: skip
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    assert all(r["class"] == r["label"] for r in rows)
+
+
+def test_audit_image_folder_labels_from_folder_names(tmp_path, capsys):
+    x = _raw_digits(6)
+    _, y = models.held_out("digits", n=6)
+    for i, (image, label) in enumerate(zip(x, y.tolist(), strict=True)):
+        folder = tmp_path / "data" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "data" / str(y[0].item()) / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    args = ["audit", "digits", str(tmp_path / "data"), "--out", str(out), "--metrics", "norms"]
+    assert main([*args, "--no-progress", "--classes", "top2"]) == 1
+    captured = capsys.readouterr()
+    assert "labels: folder names = the model's classes" in captured.out
+    assert "broken.png: " in captured.err and "not a readable image" in captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["explained"] == 6 and summary["accuracy"] == 1.0
+    assert main(["audit", "digits", str(tmp_path / "data"), "--out", str(out / "x"),
+                 "--classes", "top20"]) == 2  # fmt: skip
+    assert "--classes top20 asks for more classes than the model's 10 outputs" in (
+        capsys.readouterr().err
+    )
+
+
+def test_audit_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path):
+    data = _digits_file(tmp_path / "digits.safetensors", 20)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "saliency", "audit", "digits", str(data), "--out", str(out),
+        "--method", "smoothgrad", "--n-samples", "100", "--batch-size", "4", "--metrics",
+        "norms", "--no-report", "--no-progress",
+    ]  # fmt: skip
+
+    def some_shards() -> bool:
+        return len(list((out / "shards").glob("*.done.json"))) >= 1 if out.exists() else False
+
+    code, _, err = _interrupt_when(command, some_shards)
+    assert code == 130 and "Traceback" not in err
+    assert re.search(r"interrupted; \d+ of 5 shards are saved in .*: run the same command", err)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = int(re.search(r"computed here, (\d+) resumed", done.stdout).group(1))
+    assert resumed >= 1
+
+
+def test_audit_pt_file_is_read_without_running_code(tmp_path, capsys):
+    x, y = torch.from_numpy(_raw_digits(6)), models.held_out("digits", n=6)[1]
+    torch.save({"x": x, "y": y}, tmp_path / "data.pt")
+    out = tmp_path / "out"
+    args = ["audit", "digits", str(tmp_path / "data.pt"), "--out", str(out), "--metrics", "norms"]
+    assert main([*args, "--no-report", "--no-progress"]) == 0
+    assert "(accuracy 100.0%)" in capsys.readouterr().out
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x": x, "y": Evil()}, tmp_path / "evil.pt")
+    args[2] = str(tmp_path / "evil.pt")
+    assert main([*args, "--out", str(tmp_path / "o2")]) == 2
+    assert "weights_only=True" in capsys.readouterr().err and not marker.exists()

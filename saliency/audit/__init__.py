@@ -13,8 +13,10 @@ from ._perturbation import PerturbationCurves, deletion, insertion, road
 from ._randomization import RandomizationResult, randomization_test
 
 # -- dataset runs ----------------------------------------------------------------------------------
+from .datasets import AuditRun, run
 
 __all__: list[str] = [
+    "AuditRun",
     "ClassSensitivity",
     "Completeness",
     "Infidelity",
@@ -30,5 +32,6 @@ __all__: list[str] = [
     "margins",
     "randomization_test",
     "road",
+    "run",
     "sensitivity_max",
 ]

@@ -19,12 +19,15 @@ from saliency.viz.draw import grid, heatmap, overlay
 from saliency.viz.figures import plot_classes, plot_features
 from saliency.viz.images import to_rgb
 from saliency.viz.normalization import normalize
+from saliency.viz.pictures import enlarge, input_pictures
 from saliency.viz.save import save_overlays
 from saliency.viz.token_pictures import tokens
 
 __all__ = [
+    "enlarge",
     "grid",
     "heatmap",
+    "input_pictures",
     "normalize",
     "overlay",
     "plot_classes",

@@ -1,0 +1,129 @@
+"""The arguments of a run, checked at the door: metrics per method, batch size, classes.
+
+Examples
+--------
+>>> import saliency
+>>> check_ids(saliency.top_k(3), 10), rows_per_sample(saliency.top_k(3), 10)
+(None, 3)
+>>> rows_per_sample(None, 10), rows_per_sample("label", 10)
+(10, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from saliency.targets import Contrast, TopK
+
+from . import metrics as metric_specs
+from .sources import Source
+
+__all__ = ["check_batch_size", "check_classes", "check_ids", "check_metrics", "rows_per_sample"]
+
+
+def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric_specs.MetricSpec]]:
+    """Each method's metrics: one list for all methods, or a dict method name -> list."""
+    if not isinstance(metrics, Mapping):
+        found = metric_specs.resolve(metrics, options)
+        return {name: found for name in methods}
+    unknown = sorted(set(metrics) - set(methods))
+    if unknown:
+        raise ValueError(f"metrics: {unknown} are not among methods {methods}")
+    options = dict(options or {})
+    every = {
+        m for names in metrics.values() for m in ([names] if isinstance(names, str) else names)
+    }
+    extra = sorted(set(options) - every)
+    if extra:
+        raise ValueError(f"metric_options: {extra} are not among metrics {sorted(every)}")
+    out = {}
+    for name in methods:
+        chosen = metrics.get(name, [])
+        chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+        out[name] = metric_specs.resolve(chosen, {m: options[m] for m in chosen if m in options})
+    return out
+
+
+def check_batch_size(batch_size: int | None, source: Source) -> int:
+    if batch_size is None:
+        return source.batch_size or 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if source.batch_size is not None and source.batch_size != batch_size:
+        raise ValueError(
+            f"batch_size: {batch_size} differs from the DataLoader's batch_size "
+            f"{source.batch_size}; leave batch_size out to use the DataLoader's"
+        )
+    return batch_size
+
+
+def check_classes(classes: object, source: Source) -> object:
+    if isinstance(classes, str):
+        if classes != "label":
+            raise ValueError(
+                f"classes: expected None, ids, saliency.top_k(k), a contrast or 'label', got "
+                f"{classes!r}"
+            )
+        if not source.labelled:
+            raise ValueError("classes: 'label' explains each sample's label, but data has none")
+        return classes
+    if isinstance(classes, torch.Tensor):
+        if classes.ndim > 1:
+            raise ValueError(
+                f"classes: per-sample ids {list(classes.shape)} cannot follow a data set's "
+                "shards; use 'label', saliency.top_k(k) or a list of ids"
+            )
+        classes = classes.tolist()
+    if isinstance(classes, tuple):
+        classes = list(classes)
+    if isinstance(classes, list):
+        if not classes or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            raise ValueError(f"classes: expected a non-empty list of int ids, got {classes!r}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes: each class once, got {classes!r}")
+    elif not (classes is None or isinstance(classes, TopK | Contrast) or _is_int(classes)):
+        raise TypeError(
+            f"classes: expected None, an id, a list of ids, saliency.top_k(k), a contrast or "
+            f"'label', got {type(classes).__name__}"
+        )
+    return int(classes) if _is_int(classes) else classes
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_ids(classes: object, n_outputs: int) -> None:
+    """Class ids and ``top_k`` against the model's number of outputs."""
+    ids = []
+    if isinstance(classes, TopK) and classes.k > n_outputs:
+        raise ValueError(
+            f"classes: top_k({classes.k}) asks for more classes than the model's {n_outputs} "
+            "outputs"
+        )
+    if isinstance(classes, int):
+        ids = [classes]
+    elif isinstance(classes, list):
+        ids = classes
+    elif isinstance(classes, Contrast):
+        ids = [*classes.a, *classes.b]
+    bad = [i for i in ids if not 0 <= i < n_outputs]
+    if bad:
+        raise ValueError(
+            f"classes: ids {bad} are out of range for a model with {n_outputs} outputs"
+        )
+
+
+def rows_per_sample(classes: object, n_outputs: int) -> int:
+    """``K``, the rows each sample gets."""
+    if classes is None:
+        return n_outputs
+    if isinstance(classes, TopK):
+        return classes.k
+    if isinstance(classes, Contrast):
+        return len(classes.a)
+    if isinstance(classes, list):
+        return len(classes)
+    return 1

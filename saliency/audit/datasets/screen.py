@@ -1,0 +1,69 @@
+"""Find the samples of a batch that cannot be explained, so that the rest of the batch can be.
+
+One sample with NaN pixels, or one on which the model's output is NaN or inf, would stop the
+engine for the whole batch. Screening finds such samples (non-finite inputs first, then, only when
+the batch's forward pass fails, each sample on its own) and says why each one was left out.
+
+Examples
+--------
+>>> import torch
+>>> model = torch.nn.Linear(3, 2)
+>>> x = torch.randn(4, 3)
+>>> x[1, 0] = float("nan")
+>>> keep, problems = screen(model, x, output="logits")
+>>> keep.tolist(), problems
+([True, False, True, True], {1: 'the input holds NaN or inf'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from saliency.engine import outputs
+
+__all__ = ["screen"]
+
+
+def screen(
+    model: Callable,
+    x: torch.Tensor,
+    *,
+    output: object,
+    whole_batch_may_fail: bool = False,
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """Which samples of ``x`` to explain (bool ``[B]``), and why each other one is left out.
+
+    When every sample fails on its own, the fault is the model's or the data's form, not a few
+    samples': the batch's error is raised, unless ``whole_batch_may_fail`` (earlier batches ran,
+    so this one is merely all bad).
+    """
+    keep = torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(1).cpu()
+    problems = {i: "the input holds NaN or inf" for i in (~keep).nonzero().flatten().tolist()}
+    rows = keep.nonzero().flatten().tolist()
+    if not rows:
+        return keep, problems
+    try:
+        outputs(model, x[rows], output=output)
+        return keep, problems
+    except ValueError as batch_error:
+        failed = {}
+        for i in rows:
+            try:
+                outputs(model, x[i : i + 1], output=output)
+            except ValueError as e:
+                failed[i] = _reason(e)
+        if not failed or (len(failed) == len(rows) and not whole_batch_may_fail):
+            raise batch_error
+    for i, reason in failed.items():
+        keep[i] = False
+        problems[i] = reason
+    return keep, dict(sorted(problems.items()))
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    if "NaN" in text or "inf" in text:
+        return "the model's output holds NaN or inf"
+    return f"the model failed on it: {text}"
