@@ -30,6 +30,7 @@ from .attribution import Attribution
 from .engine import outputs, parse_memory
 from .io import InputError, LoadedModel, Sample, find_inputs, iter_inputs, load_model
 from .methods import Method, gradients, integrated_gradients, smoothgrad
+from .models.data import TEXT_DATASETS
 from .targets import Classes, Contrast, TopK, top_k
 from .viz.labels import file_stem
 
@@ -187,6 +188,7 @@ def _print_gap(attr: Attribution, change: torch.Tensor, names) -> None:
 def explain(args: argparse.Namespace) -> int:
     """Explain inputs with a model; see ``saliency explain --help``."""
     out = Path(args.out)
+    _refuse_text_model(args.model, "explain")
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
     names = _class_names(args.class_names, loaded)
     classes = parse_classes(args.classes) if args.classes is not None else _DEFAULT_CLASSES
@@ -468,6 +470,7 @@ def audit(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_out(out)
+    _refuse_text_model(args.model, "audit")
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
     names = _class_names(args.class_names, loaded)
     mean = args.mean if args.mean is not None else loaded.mean
@@ -626,6 +629,16 @@ def _class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
 
 
 # -- small helpers --------------------------------------------------------------------------------
+
+
+def _refuse_text_model(model: str, command: str) -> None:
+    if model in TEXT_DATASETS:
+        raise ValueError(
+            f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
+            "images and feature vectors. Explain its tokens in Python: "
+            "saliency.integrated_gradients(model, ids, layer=model.embedding, baseline=0), then "
+            "saliency.token_scores and saliency.viz.tokens (see the docs' Text page)"
+        )
 
 
 def _pictures(batch: list[Sample], x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -452,3 +452,8 @@ def test_audit_pt_file_is_read_without_running_code(tmp_path, capsys):
     args[2] = str(tmp_path / "evil.pt")
     assert main([*args, "--out", str(tmp_path / "o2")]) == 2
     assert "weights_only=True" in capsys.readouterr().err and not marker.exists()
+
+
+def test_a_text_model_is_pointed_at_the_python_api(tmp_path, capsys):
+    assert main(["explain", "sentiment", str(tmp_path / "none.png"), "--out", str(tmp_path)]) == 2
+    assert "text model" in capsys.readouterr().err
