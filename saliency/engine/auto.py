@@ -11,10 +11,11 @@ steps, both reading the strategies' records (:mod:`.strategies`):
    ``vmap``'s batched backward, so it only races when ``vmap`` cannot run.
 2. **A race on the real work.** Otherwise the "base" strategy (``loop``) and the "batched" one
    (``vmap``), each differentiating a shared forward pass, split the first targets of the first
-   row chunk between them: the base computes one target, the batched one two, and, when that is
-   promising, four more. Every block they compute is part of the result, so the race wastes
-   nothing; the winner computes the rest. The batched strategy's time per target at its full
-   width is extrapolated from its two widths.
+   row chunk between them: the base computes one target, the batched one a few, and, when that is
+   promising, a few more (with at most 13 targets, the two batched widths use up all of them, so
+   the race costs no extra pass; with more, they are 2 and 4). Every block they compute is part
+   of the result, so the race wastes nothing; the winner computes the rest. The batched
+   strategy's time per target at its full width is extrapolated from its two widths.
 
 With fewer than four targets there is nothing worth racing: the base strategy on a CPU, the
 batched one elsewhere.
@@ -31,7 +32,8 @@ import torch
 __all__ = ["Race", "cached", "forget", "remember"]
 
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_HOPELESS = 1.5  # vmap per target at width 2 this much slower than loop: no wider trial
+_HOPELESS = 1.5  # batched, per target at its first width, this much slower: no wider trial
+_SMALL = 13  # up to this many targets, the race's widths cover all of them
 
 
 def cached(anchor: object, key: tuple) -> str | None:
@@ -81,6 +83,12 @@ class Race:
         self.full_width = full_width  # the width the strategy would run at after the race
         self.times: dict[tuple[str, int], float] = {}
         self.winner: str | None = None
+        # The batched strategy's two widths. With few targets they use up the rest of them, so
+        # that the race costs no extra call; with many, they are small and the winner does most.
+        if k <= _SMALL:
+            self.widths = (max(2, (k - 1) // 3), k - 1 - max(2, (k - 1) // 3))
+        else:
+            self.widths = (2, 4)
 
     def next(self) -> tuple[str, int] | None:
         if self.winner is not None:
@@ -90,18 +98,18 @@ class Race:
             return self._ask(base, 1)
         if not self.batched:
             return self._decide(base)
-        other = self.batched[0]
-        if (other, 2) not in self.times:
-            return self._ask(other, 2)
-        t_base, t2 = self.times[base, 1], self.times[other, 2]
-        if t2 / 2 >= _HOPELESS * t_base:
+        other, (a, b) = self.batched[0], self.widths
+        if (other, a) not in self.times:
+            return self._ask(other, a)
+        t_base, t_a = self.times[base, 1], self.times[other, a]
+        if t_a / a >= _HOPELESS * t_base:
             return self._decide(base)
-        if (other, 4) not in self.times and self.left >= 4:
-            return self._ask(other, 4)
-        per = t2 / 2
-        if (other, 4) in self.times:
-            c1 = max((self.times[other, 4] - t2) / 2, 0.0)
-            c0 = max(t2 - 2 * c1, 0.0)
+        if (other, b) not in self.times and b > a and self.left >= b:
+            return self._ask(other, b)
+        per = t_a / a
+        if b > a and (other, b) in self.times:
+            c1 = max((self.times[other, b] - t_a) / (b - a), 0.0)
+            c0 = max(t_a - a * c1, 0.0)
             per = c0 / max(self.full_width(other), 1) + c1
         return self._decide(other if per < t_base else base)
 
@@ -112,10 +120,11 @@ class Race:
 
     def _best(self) -> str:
         """The better of what was timed so far (per target)."""
-        if not self.batched or (self.batched[0], 2) not in self.times:
+        a = self.widths[0]
+        if not self.batched or (self.batched[0], a) not in self.times:
             return self.base
         other = self.batched[0]
-        return other if self.times[other, 2] / 2 < self.times[self.base, 1] else self.base
+        return other if self.times[other, a] / a < self.times[self.base, 1] else self.base
 
     def _decide(self, name: str) -> None:
         self.winner = name
