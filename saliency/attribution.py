@@ -22,6 +22,9 @@ from saliency._atomic import atomic_write
 __all__ = ["Attribution"]
 
 _FORMAT = "saliency.Attribution"
+# Parameters that hold one entry per sample (adaptive Integrated Gradients' points per row):
+# selecting samples selects them too.
+_PER_SAMPLE_PARAMS = frozenset({"steps_used"})
 _VERSION = "1"
 
 
@@ -111,21 +114,29 @@ class Attribution:
         >>> a[1:3].values.shape, len(a[torch.tensor([True, False, True, True, False])])
         (torch.Size([2, 2, 3]), 3)
         """
-        if isinstance(samples, bool) or isinstance(samples, str):
+        if isinstance(samples, bool | np.bool_) or isinstance(samples, str):
             raise TypeError(f"samples: expected an int, a slice or indices, got {samples!r}")
-        if isinstance(samples, int):
+        if isinstance(samples, torch.Tensor | np.ndarray) and samples.ndim == 0:
+            samples = samples.item()
+        if isinstance(samples, int | np.integer):
+            samples = int(samples)
             samples = slice(samples, samples + 1 if samples != -1 else None)
         elif not isinstance(samples, slice):
             samples = torch.as_tensor(samples, device=self.values.device)
             if samples.dtype != torch.bool:
                 samples = samples.long()
         delta = None if self.delta is None else self.delta[samples]
+        params = dict(self.params)
+        for key in _PER_SAMPLE_PARAMS & params.keys():  # lists with one entry per sample
+            params[key] = torch.as_tensor(params[key])[
+                samples.cpu() if isinstance(samples, torch.Tensor) else samples
+            ].tolist()
         return Attribution(
             self.values[samples],
             self.classes[samples],
             self.outputs[samples],
             self.method,
-            self.params,
+            params,
             delta,
         )
 

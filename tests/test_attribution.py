@@ -190,3 +190,20 @@ def test_metadata_is_readable_json(tmp_path):
         meta = f.metadata()
     assert meta["method"] == "integrated_gradients"
     assert json.loads(meta["params"])["steps"] == 7
+
+
+def test_selecting_samples_keeps_rows_and_per_sample_params_aligned():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    a = saliency.integrated_gradients(model, x, steps="auto")
+    for index in (3, torch.tensor(3), np.int64(3), -2):
+        one = a[index]
+        b = int(index) % 5
+        assert one.values.shape == (1, *a.values.shape[1:])
+        torch.testing.assert_close(one.values[0], a.values[b])
+        assert one.params["steps_used"] == [a.params["steps_used"][b]]
+    picked = a[torch.tensor([True, False, True, False, True])]
+    assert picked.params["steps_used"] == [a.params["steps_used"][i] for i in (0, 2, 4)]
+    torch.testing.assert_close(picked.delta, a.delta[[0, 2, 4]])
+    with pytest.raises(TypeError, match="samples"):
+        a[True]

@@ -446,3 +446,232 @@ def test_property_auto_matches_jacrev_after_any_post_processing(
     for _ in range(2):  # the first call decides, the second reuses the decision
         J = saliency.class_jacobian(model, x, output=output)
         torch.testing.assert_close(J, ref, atol=1e-10, rtol=1e-8)
+
+
+# -- found in review: each a silent error before its fix ------------------------------------------
+
+
+def test_a_callable_output_that_reads_more_than_its_argument_keeps_head_out():
+    class Tempered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body, self.temp = nn.Sequential(nn.Linear(6, 4), nn.Tanh()), nn.Linear(6, 1)
+            self.fc = nn.Linear(4, 20)
+
+        def forward(self, x):  # an input-dependent temperature, read by the output callable
+            self.last = nn.functional.softplus(self.temp(x)) + 0.5
+            return self.fc(self.body(x))
+
+    model = Tempered().eval()
+    x = torch.randn(3, 6)
+
+    def output(o):
+        return o / model.last
+
+    ref = oracle(lambda t: output(model(t)), x)
+    r = evaluate(model, x, output=output)
+    assert r.strategy != "head"
+    torch.testing.assert_close(r.values, ref)
+    with pytest.raises(ValueError, match="strategy='head'"):
+        saliency.class_jacobian(model, x, output=output, strategy="head")
+
+
+def test_create_graph_at_a_layer_stays_attached_for_every_strategy():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+
+    def penalty(strategy, budget=None):
+        J = saliency.class_jacobian(
+            m, x, layer=m[0], create_graph=True, strategy=strategy, max_memory=budget
+        )
+        return torch.autograd.grad(J.square().sum(), [m[0].weight, m[2].weight])
+
+    ref = penalty("loop")
+    assert ref[0].abs().sum() > 0  # the layer's Jacobian depends on the layers before it
+    for strategy, budget in (("replicate", None), ("replicate", 8000), ("vmap", 8000)):
+        for got, want in zip(penalty(strategy, budget), ref, strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_a_flag_that_switches_on_coupling_or_noise_is_seen_after_a_clean_call():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 12)).eval()
+    x = torch.randn(6, 4)
+
+    def coupled(t, norm=False):
+        h = net[0](t)
+        return net[2](torch.tanh(h - h.mean(0) if norm else h))
+
+    def noisy(t, sigma=0.0):
+        return net(t + sigma * torch.randn_like(t))
+
+    for strategy in ("auto", "loop", "replicate"):
+        saliency.class_jacobian(coupled, x, strategy=strategy, norm=False)
+        with pytest.raises(GuardError, match="other samples"):
+            saliency.class_jacobian(coupled, x, strategy=strategy, norm=True)
+        saliency.class_jacobian(noisy, x, strategy=strategy, sigma=0.0)
+        with pytest.raises(GuardError, match="random"):
+            saliency.class_jacobian(noisy, x, strategy=strategy, sigma=0.5)
+    saliency.class_jacobian(functools.partial(noisy, sigma=0.0), x)
+    with pytest.raises(GuardError, match="random"):
+        saliency.class_jacobian(functools.partial(noisy, sigma=0.5), x)
+
+
+def test_a_model_the_engine_cannot_find_is_still_seen_switching_to_training_mode():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.RReLU(), nn.Linear(8, 3)).eval()
+
+    class Pipeline:  # the model two containers deep: invisible to a static search
+        def __init__(self, m):
+            self.parts = {"stages": [m]}
+
+        def __call__(self, t):
+            return self.parts["stages"][0](t)
+
+    x = torch.randn(5, 4)
+    saliency.class_jacobian(Pipeline(net), x)
+    net.train()  # RReLU draws its slopes in training mode
+    with pytest.raises(GuardError, match="random"):
+        saliency.class_jacobian(Pipeline(net), x)
+
+
+def test_a_layer_whose_shape_depends_on_an_argument_is_measured_again():
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin, self.ident, self.fc = nn.Linear(4, 8), nn.Identity(), nn.Linear(8, 6)
+
+        def forward(self, x, groups=8):
+            g = self.ident(torch.tanh(self.lin(x)).view(len(x), groups, 8 // groups).mean(-1))
+            return self.fc(g.repeat_interleave(8 // groups, dim=1))
+
+    m = Grouped().eval()
+    x = torch.randn(3, 4)
+    assert saliency.class_jacobian(m, x, layer=m.ident, groups=8).shape == (3, 6, 8)
+    assert saliency.class_jacobian(m, x, layer=m.ident, groups=1).shape == (3, 6, 1)
+
+
+def test_a_buffer_replaced_in_training_mode_is_put_back():
+    class RunningMean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(6))
+
+        def forward(self, x):
+            if self.training:
+                self.mean = 0.9 * self.mean + 0.1 * x.detach().mean(0)  # a new tensor
+            return x - self.mean
+
+    m = nn.Sequential(nn.Linear(4, 6), RunningMean(), nn.Linear(6, 3))
+    original = m[1].mean
+    with pytest.raises(GuardError, match="changes buffers"):
+        saliency.class_jacobian(m, torch.randn(5, 4))
+    assert m[1].mean is original and not original.any()
+
+
+def test_allow_random_still_refuses_coupled_samples():
+    lin = nn.Linear(4, 3)
+    with pytest.raises(GuardError, match="other samples"):
+        saliency.class_jacobian(lambda t: lin(t - t.mean(0)), torch.randn(5, 4), allow_random=True)
+
+
+def test_the_race_never_batches_wider_than_the_budget_allows(monkeypatch):
+    import dataclasses
+
+    from saliency.engine import strategies
+
+    widths = []
+    record = strategies.STRATEGIES["vmap"]
+
+    def spy(chunk, cols):
+        widths.append((chunk.x.shape[0], cols.stop - cols.start))
+        return record.run(chunk, cols)
+
+    monkeypatch.setitem(strategies.STRATEGIES, "vmap", dataclasses.replace(record, run=spy))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 10)).eval()
+    x = torch.randn(32, 64)
+    from saliency.engine.jacobian import _Engine, _problem
+
+    for budget in (2_000_000, 2_400_000, None):
+        forget_strategy_choices()
+        widths.clear()
+        J = saliency.class_jacobian(model, x, max_memory=budget)
+        torch.testing.assert_close(J, oracle(model, x))
+        if budget is not None and widths:
+            p = _problem(model, x, None, "logits", "vmap", budget, False, {}, None, None, False)
+            allowed = _Engine(p, stream=False).plan.cols
+            assert max(w for _, w in widths) <= allowed
+
+
+def test_auto_falls_back_when_its_cost_model_choice_cannot_run():
+    class OldStyle(torch.autograd.Function):  # no setup_context: torch.func refuses it
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g * (t > 0)
+
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 32), nn.Linear(32, 40)  # D = 4 of K = 40: forward mode by cost model
+    x = torch.randn(8, 4)
+    r = evaluate(lambda t: b(OldStyle.apply(a(t))), x)
+    assert r.strategy == "loop"
+    torch.testing.assert_close(r.values, saliency.class_jacobian(lambda t: b(a(t).clamp(min=0)), x))
+
+
+def test_a_head_called_by_keyword_is_handled():
+    class KeywordHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body, self.fc = nn.Sequential(nn.Linear(5, 3), nn.Tanh()), nn.Linear(3, 12)
+
+        def forward(self, x):
+            return self.fc(input=self.body(x))
+
+    m = KeywordHead().eval()
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(saliency.class_jacobian(m, x), oracle(m, x))
+
+
+def test_a_model_writing_into_its_input_is_told_so_and_the_input_is_left_alone():
+    lin = nn.Linear(4, 3)
+
+    def model(t):
+        t.sub_(0.5)
+        return lin(t)
+
+    x = torch.ones(2, 4)
+    with pytest.raises(RuntimeError, match="writes into its input in place"):
+        saliency.class_jacobian(model, x)
+    saliency.engine.outputs(model, x)
+    assert torch.equal(x, torch.ones(2, 4))
+
+
+def test_unconnected_outputs_are_named_even_with_trainable_parameters():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).eval()
+    with pytest.raises(ValueError, match="does not depend on x"):
+        saliency.class_jacobian(lambda t: net(t.detach()), torch.randn(4, 5))
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lstm = nn.Embedding(10, 4), nn.LSTM(4, 6, batch_first=True)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, ids):
+            _, (h, _) = self.lstm(self.emb(ids))  # the second element of the tuple
+            return self.fc(h[-1])
+
+    m = Recurrent().eval()
+    with pytest.raises(ValueError, match="only the first element"):
+        saliency.class_jacobian(m, torch.randint(0, 10, (2, 5)), layer=m.lstm)

@@ -396,3 +396,23 @@ def test_follows_the_method_contract_inside_smoothgrad():
     noisy = [x + std * torch.randn(x.shape, generator=g) for _ in range(n)]
     ref = sum(by_hand(GuidedBackprop(model), xi, [2, 0]) for xi in noisy) / n
     torch.testing.assert_close(a.values, ref, **TOL)
+
+
+def test_a_shared_forward_argument_is_not_repeated_with_the_batch():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3)
+
+    class Biased(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x, class_bias):  # one bias per class, not per sample
+            return self.lin(torch.tanh(x)) + class_bias
+
+    model, x, bias = Biased().eval(), torch.randn(2, 4), torch.randn(3)
+    ours = saliency.integrated_gradients(model, x, steps=8, rule="riemann_middle", class_bias=bias)
+    theirs = from_captum(
+        IntegratedGradients, model, x, n_steps=8, method="riemann_middle", class_bias=bias
+    )
+    torch.testing.assert_close(theirs.values, ours.values, atol=1e-6, rtol=1e-5)

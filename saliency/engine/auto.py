@@ -86,9 +86,12 @@ class Race:
         # The batched strategy's two widths. With few targets they use up the rest of them, so
         # that the race costs no extra call; with many, they are small and the winner does most.
         if k <= _SMALL:
-            self.widths = (max(2, (k - 1) // 3), k - 1 - max(2, (k - 1) // 3))
+            widths = (max(2, (k - 1) // 3), k - 1 - max(2, (k - 1) // 3))
         else:
-            self.widths = (2, 4)
+            widths = (2, 4)
+        # Never wider than the batched strategy's plan allows (max_memory).
+        cap = full_width(batched[0]) if batched else 2
+        self.widths = (min(widths[0], cap), min(widths[1], cap))
 
     def next(self) -> tuple[str, int] | None:
         if self.winner is not None:

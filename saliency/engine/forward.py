@@ -33,28 +33,42 @@ class HeadCall:
     h_version: int = 0
     out_version: int = 0
 
-    def record(self, _m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+    def record(self, _m: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         self.calls += 1
-        self.h, self.out = args[0], out
-        self.h_version, self.out_version = args[0]._version, out._version
+        h = args[0] if args else kwargs.get("input")
+        self.h, self.out = h, out
+        if isinstance(h, torch.Tensor) and isinstance(out, torch.Tensor):
+            self.h_version, self.out_version = h._version, out._version
 
-    def exact(self, pre: torch.Tensor | None, scores: torch.Tensor) -> str | None:
+    def exact(self, pre: torch.Tensor | None, scores: torch.Tensor, builtin: bool) -> str | None:
         """Why factorising through the head would not be exact for this pass (``None``: it is).
 
         The scores must be the tensor the head returned, unchanged since, computed once by
-        ``nn.Linear``'s own forward; with a callable ``output`` the callable must return that very
-        tensor.
+        ``nn.Linear``'s own forward. With a built-in ``output`` that is the tensor it was applied
+        to (``pre``); a callable ``output`` must return that very tensor itself, since what else
+        it reads (a temperature computed from ``x``, say) is beyond the head's reach.
         """
         m = self.module
         if self.calls != 1:
             return f"the head {type(m).__name__} ran {self.calls} times in one forward pass"
         if type(m).forward is not nn.Linear.forward or "forward" in vars(m):
             return "the head's forward is not nn.Linear's own"
-        target = pre if pre is not None else scores
+        if not isinstance(self.h, torch.Tensor) or self.h.ndim != 2:
+            return "the head's input is not a [rows, features] tensor"
+        target = pre if builtin else scores
         if target is not self.out:
-            return "the model's scores are not the head's output (something runs after the head)"
+            return (
+                "the model's scores are not the head's output (something runs after the head, "
+                "or a callable output= changes it)"
+            )
         if self.out._version != self.out_version or self.h._version != self.h_version:
             return "the head's input or output was modified in place after the head ran"
+        with torch.no_grad():
+            again = self.recompute(self.h.detach())
+            out = self.out.detach()
+            scale = float(out.abs().max()) if out.numel() else 0.0
+            if not torch.allclose(again, out, rtol=1e-4, atol=1e-6 * (1.0 + scale)):
+                return "the head's output is not W h + b of its input (a global hook changed it?)"
         return None
 
     def recompute(self, h: torch.Tensor) -> torch.Tensor:
@@ -100,7 +114,9 @@ def run(
                 )
             )
         if head_call is not None:
-            hooks.append(head.register_forward_hook(head_call.record, prepend=True))
+            hooks.append(
+                head.register_forward_hook(head_call.record, prepend=True, with_kwargs=True)
+            )
         with watch(p.allow_random, p.owners) as w:
             raw = p.model(x, **kwargs)
     finally:

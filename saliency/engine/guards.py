@@ -91,22 +91,35 @@ class Watch:
         if isinstance(m, _DropoutNd) and m.training and m.p > 0 and not self.allow_random:
             raise GuardError(_random(self.name(m), self._dropouts()))
         if m.training:
-            for name, buf in m.named_buffers(recurse=False):
-                if buf is not None:
-                    self.saved.append((m, name, buf.detach().clone(), buf._version))
+            self._save(m)
+
+    def _save(self, m: nn.Module) -> None:
+        # The object too: a running average written as `self.avg = 0.9 * self.avg + ...`
+        # replaces the buffer instead of changing it in place.
+        for name, buf in m.named_buffers(recurse=False):
+            if buf is not None:
+                self.saved.append((m, name, buf, buf.detach().clone(), buf._version))
 
     def _script(self, root: torch.jit.ScriptModule) -> None:
         for name, m in root.named_modules():
             kind = getattr(m, "original_name", type(m).__name__)
             label = f"{self.name(root)}.{name}" if name else self.name(root)
-            if kind in _BATCHNORMS and m.training:
-                raise GuardError(_coupled(f"{label} (TorchScript)", True))
-            if kind in _DROPOUTS and m.training and not self.allow_random:
+            if kind in _BATCHNORMS and (m.training or getattr(m, "running_mean", 0) is None):
+                raise GuardError(_coupled(f"{label} (TorchScript)", m.training))
+            if (
+                kind.startswith("InstanceNorm")
+                and m.training
+                and getattr(m, "running_mean", None) is not None
+            ):
+                raise GuardError(
+                    f"model: {label} (TorchScript InstanceNorm) updates its running statistics "
+                    "in training mode, so explaining would change your model; call model.eval()"
+                )
+            dropout = kind in _DROPOUTS and m.training and getattr(m, "p", 1.0) > 0
+            if dropout and not self.allow_random:
                 raise GuardError(_random(f"{label} (TorchScript)", []))
             if m.training:
-                for bname, buf in m.named_buffers(recurse=False):
-                    if buf is not None:
-                        self.saved.append((m, bname, buf.detach().clone(), buf._version))
+                self._save(m)
 
     def _dropouts(self) -> list[str]:
         return [
@@ -119,11 +132,14 @@ class Watch:
     def restore(self) -> None:
         """Put back buffers a forward pass changed, then refuse the model."""
         changed = []
-        for m, name, copy, version in self.saved:
-            buf = getattr(m, name)
-            if buf._version != version:
+        for m, name, original, copy, version in self.saved:
+            now = getattr(m, name)
+            if now is not original:
+                setattr(m, name, original)
+            if original._version != version:
                 with torch.no_grad():
-                    buf.copy_(copy)
+                    original.copy_(copy)
+            if now is not original or original._version != version:
                 changed.append(f"{self.name(m)}.{name}")
         self.saved.clear()
         if changed:

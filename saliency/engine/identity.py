@@ -78,7 +78,7 @@ def _collect(obj: object, found: list[nn.Module], depth: int) -> None:
 def key_of(model: Callable, found: tuple[nn.Module, ...]) -> tuple[object, tuple] | None:
     """``(anchor, rest)``: the object caches are weakly keyed on, and what else identifies the
     callable; ``None`` when nothing can be weakly referenced (then nothing is cached)."""
-    code = _code(model)
+    code = (_code(model), _bound(model))
     if found:
         return found[0], (code, tuple(id(m) for m in found[1:]))
     try:
@@ -86,6 +86,22 @@ def key_of(model: Callable, found: tuple[nn.Module, ...]) -> tuple[object, tuple
     except TypeError:
         return None
     return model, (code,)
+
+
+def _bound(obj: object) -> tuple:
+    """The plain values a ``functools.partial`` binds (a flag may switch the model's behaviour);
+    other bound objects by identity."""
+    out = []
+    for _ in range(_DEPTH):
+        if not isinstance(obj, functools.partial):
+            break
+        for name, value in (*enumerate(obj.args), *obj.keywords.items()):
+            if value is None or isinstance(value, bool | int | float | str):
+                out.append((name, value))
+            elif not isinstance(value, nn.Module):
+                out.append((name, type(value).__name__, id(value)))
+        obj = obj.func
+    return tuple(out)
 
 
 def _code(obj: object) -> object:

@@ -16,8 +16,8 @@ from . import auto
 from .budget import Plan, Sizes, plan
 from .forward import GuardError, refuse_unconnected, run
 from .identity import key_of
-from .probe import Probe, identify, probe
 from .probe import forget as forget_probes
+from .probe import identify, probe, ran
 from .problem import Problem, make_problem
 from .strategies import STRATEGIES, Chunk, Strategy, quiet_fallbacks
 
@@ -279,8 +279,8 @@ def outputs(
         layer, layer_value, allow_random, differentiate=False,
     )  # fmt: skip
     with torch.no_grad(), torch.inference_mode(False):
-        value = None if p.layer_value is None else p.layer_value
-        return run(p, p.x, slice(0, p.batch), value=value).scores.detach()
+        # A copy: the model may write into what it is given, and x is the caller's.
+        return run(p, p.x.detach().clone(), slice(0, p.batch), value=p.layer_value).scores.detach()
 
 
 def layer_output(
@@ -308,7 +308,7 @@ def layer_output(
         layer, None, allow_random,
     )  # fmt: skip
     with torch.no_grad(), torch.inference_mode(False):
-        return run(p, p.x, slice(0, p.batch)).value.detach()
+        return run(p, p.x.detach().clone(), slice(0, p.batch)).value.detach()
 
 
 def layer_name(model: Callable, layer: nn.Module | str) -> str:
@@ -399,7 +399,7 @@ class _Engine:
         self.p = p
         self.stream = stream
         self.ident = identify(p)
-        self.facts: Probe = probe(p, self.ident)
+        self.facts, self.fresh = probe(p, self.ident)
         self.k = targets.count(p.classes, self.facts.classes, p.batch)
         self.sizes = Sizes(
             act=self.facts.act,
@@ -415,6 +415,7 @@ class _Engine:
         self.head_reason: str | None = None
         self.race: auto.Race | None = None
         self.raced: list[torch.Tensor] = []  # blocks of the first targets, from the race
+        self._checked = False  # whether a forward pass of this call was checked against facts
         self.first_chunk: Chunk | None = None  # the raced row chunk, kept for the winner
         self.strategy = self._decide()
         self.plan = self._plan(self.strategy)
@@ -450,7 +451,10 @@ class _Engine:
             return self._remember(min(preferred, key=lambda s: s.passes(self.sizes)).name)
         names = [s.name for s in usable]
         batched = [
-            n for role in ("batched", "stand-in") for n in names if STRATEGIES[n].role == role
+            n
+            for role in ("batched", "stand-in")
+            for n in names
+            if STRATEGIES[n].role == role and self._plan(n).cols >= 2  # room to batch at all
         ]
         if self.k < 4 or self.base not in names:
             return self._remember(self.fallback if self.fallback in names else names[0])
@@ -489,19 +493,29 @@ class _Engine:
         p, s = self.p, STRATEGIES[name]
         x = p.x[rows]
         value = None if p.layer_value is None else p.layer_value[rows]
-        if p.layer is None and not (p.create_graph and x.requires_grad):
-            x = x.detach().requires_grad_()
+        if p.layer is not None:
+            x = x.clone()  # the model may write into what it is given: never the caller's x
+        elif not (p.create_graph and x.requires_grad):
+            x = x.detach().requires_grad_()  # a leaf: writing into it is refused by autograd
         if value is not None and not (p.create_graph and value.requires_grad):
             value = value.detach().requires_grad_()
         head = self.head_module if s.needs_head else None
         if s.shared_forward:
             f = run(p, x, rows, value=value, head=head, leaf=not p.create_graph)
+        elif p.create_graph and p.layer is not None:
+            # The layer's value stays attached to everything before it, as for the input.
+            f = run(p, x, rows, value=value, leaf=False)
         else:
             with torch.no_grad():
-                f = run(p, x.detach(), rows, value=None if value is None else value.detach())
-        if f.scores.shape[1] != self.facts.classes:
-            raise _Stale()
-        diff = x if p.layer is None else (f.value if s.shared_forward else _leaf(f.value))
+                inputs = x.detach().clone() if p.layer is None else x
+                f = run(p, inputs, rows, value=None if value is None else value.detach())
+        self._check_facts(f)
+        if p.layer is None:
+            diff = x
+        elif s.shared_forward or p.create_graph:
+            diff = f.value
+        else:
+            diff = _leaf(f.value)
         if s.shared_forward:
             refuse_unconnected(f.scores, p)
         classes = p.classes
@@ -511,15 +525,34 @@ class _Engine:
             x=diff,
             rows=targets.resolve(classes, f.scores.detach()),
             rerun=self._rerun(rows),
-            transform=p.apply_output if f.pre is not None else _identity,
+            transform=p.transform if p.transform is not None else _identity,
             create_graph=p.create_graph,
             out=f.scores if s.shared_forward else None,
             outputs=f.scores.detach(),
+            where=rows,
         )
         if f.head is not None:
-            self.head_reason = f.head.exact(f.pre, f.scores)
+            self.head_reason = f.head.exact(f.pre, f.scores, builtin=p.transform is not None)
             chunk.head = f.head if self.head_reason is None else None
         return chunk
+
+    def _check_facts(self, f) -> None:
+        """The facts still describe the model as it runs; cached ones are measured again if not."""
+        shape = None if self.p.layer is None else tuple(f.value.shape[1:])
+        if f.scores.shape[1] != self.facts.classes or shape not in (None, self.facts.shape):
+            if not self.fresh:
+                raise _Stale()
+            raise RuntimeError(
+                f"model: its output changed between two passes of one call ({self.facts.classes} "
+                f"classes, then {f.scores.shape[1]}; layer output {self.facts.shape}, then "
+                f"{shape}); per-sample Jacobians need a model that maps every batch alike"
+            )
+        if not self._checked and not self.fresh:  # once per call: the modes of what ran
+            self._checked = True
+            before = dict(self.facts.modules)
+            for key, training in ran(f.watch):
+                if before.get(key, False) != training and (training or key in before):
+                    raise _Stale()
 
     def _rerun(self, rows: slice) -> Callable[[torch.Tensor, int], torch.Tensor]:
         p = self.p
@@ -528,13 +561,17 @@ class _Engine:
             if p.layer is None:
                 return run(p, value, rows, repeats).scores
             x = p.x[rows]
-            x = x.repeat(repeats, *([1] * (x.ndim - 1))) if repeats > 1 else x
+            x = x.repeat(repeats, *([1] * (x.ndim - 1))) if repeats > 1 else x.clone()
             return run(p, x, rows, repeats, value=value).scores
 
         return again
 
     def _block(self, name: str, chunk: Chunk, cols: slice) -> torch.Tensor:
         s = STRATEGIES[name]
+        if s.shared_forward and chunk.out is None:  # a chunk made for a strategy given up on
+            if "shared" not in chunk.cache:
+                chunk.cache["shared"] = self._chunk(name, chunk.where)
+            chunk = chunk.cache["shared"]
         if s.needs_head and chunk.head is None:
             if self.p.strategy == name:
                 raise ValueError(
@@ -547,7 +584,13 @@ class _Engine:
                 block = s.run(chunk, self.plan.cols)[:, cols]
             else:
                 block = s.run(chunk, cols)
-        except RuntimeError as error:
+        except (RuntimeError, NotImplementedError) as error:
+            if self.p.strategy == "auto" and self.race is None and name != self.base:
+                # auto took it by its cost model, and it cannot run this model (an operator
+                # without a forward-mode rule, say): the base strategy serves, now and later.
+                self.strategy = self._remember(self.base)
+                self.plan = self._plan(self.base)
+                return self._block(self.base, chunk, cols)
             raise _explained(error, name, self.p) from error
         if not self.p.create_graph:
             block = block.detach()
@@ -613,14 +656,17 @@ class _Engine:
             self.first_chunk, self.raced, start = None, [], 0
             if chunk is None:
                 chunk = self._chunk(self.strategy, rows)
-            blocks += [self._block(self.strategy, chunk, c) for c in self._col_slices(begin)]
             values = None
-            if into is not None:
+            if into is not None:  # each block straight into place: one block alive at a time
                 col = 0
                 for b in blocks:
                     into[rows, col : col + b.shape[1]] = b
                     col += b.shape[1]
+                blocks.clear()
+                for c in self._col_slices(begin):
+                    into[rows, c] = self._block(self.strategy, chunk, c)
             else:
+                blocks += [self._block(self.strategy, chunk, c) for c in self._col_slices(begin)]
                 values = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
             yield _RowPiece(rows, chunk.rows.ids, values, chunk.outputs, chunk.x.detach())
 
@@ -641,14 +687,16 @@ class _Engine:
                 yield JacobianChunk(chunk.rows.ids[:, c], self._block(self.strategy, chunk, c))
             return
         if start:  # rows are split: finish the raced targets on the other rows first
-            cols = slice(0, start)
-            parts, ids = [torch.cat(raced, 1)], [chunk.rows.ids[:, cols]]
+            first_ids, done = chunk.rows.ids, torch.cat(raced, 1)
             del chunk, raced
-            for rows in rest:
-                c = self._chunk(self.strategy, rows)
-                parts.append(self._block(self.strategy, c, cols))
-                ids.append(c.rows.ids[:, cols])
-            yield JacobianChunk(torch.cat(ids), torch.cat(parts))
+            for cols in _cover(0, start, self.plan.cols):
+                parts, ids = [done[:, cols]], [first_ids[:, cols]]
+                for rows in rest:
+                    c = self._chunk(self.strategy, rows)
+                    parts.append(self._block(self.strategy, c, cols))
+                    ids.append(c.rows.ids[:, cols])
+                yield JacobianChunk(torch.cat(ids), torch.cat(parts))
+            del done
         for c in self._col_slices(start):
             parts, ids = [], []
             for rows in [first, *rest]:

@@ -18,6 +18,8 @@ number of outputs is checked on every real forward pass.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 
 from .forward import GuardError, Pass, refuse_unconnected, run
 from .identity import key_of
-from .problem import Problem
+from .problem import Problem, Shared
 
 __all__ = ["Probe", "forget", "probe"]
 
@@ -42,6 +44,7 @@ class Probe:
     dtype: torch.dtype  # its dtype
     head: weakref.ref | None  # the nn.Linear whose output the scores were, if any
     width: int = 0  # features entering that layer
+    modules: tuple = ()  # what ran and in which mode: a later pass that differs measures again
 
     @property
     def row(self) -> int:
@@ -65,10 +68,7 @@ class Probe:
 def state(p: Problem) -> tuple:
     """Everything about the call that the probe's facts depend on."""
     modules = tuple((id(m), m.training) for root in p.owners for m in _walk(root))
-    kwargs = tuple(
-        (k, tuple(v.shape[1:]) if isinstance(v, torch.Tensor) else type(v).__name__)
-        for k, v in p.kwargs.items()
-    )
+    kwargs = tuple((k, value_key(v)) for k, v in p.kwargs.items())
     return (
         tuple(p.x.shape[1:]),
         p.x.dtype,
@@ -80,6 +80,31 @@ def state(p: Problem) -> tuple:
         modules,
         kwargs,
     )
+
+
+def value_key(v: object) -> object:
+    """What of a forward argument the facts may depend on: tensors by shape and dtype, plain
+    values by value (a flag that switches on noise or batch statistics), other objects by
+    identity."""
+    if isinstance(v, Shared):
+        v = v.value
+    if isinstance(v, torch.Tensor):
+        return ("tensor", tuple(v.shape[1:]), v.dtype)
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, tuple) and all(
+        x is None or isinstance(x, bool | int | float | str) for x in v
+    ):
+        return v
+    return (type(v).__name__, id(v))
+
+
+def ran(watch) -> tuple:
+    """The modules a forward pass ran and their modes, each once, in order."""
+    seen: dict[int, bool] = {}
+    for m in watch.modules:
+        seen.setdefault(id(m), m.training)
+    return tuple(seen.items())
 
 
 def identify(p: Problem) -> tuple[object, tuple] | None:
@@ -99,9 +124,9 @@ def _walk(root: nn.Module) -> list[nn.Module]:
     return out
 
 
-def probe(p: Problem, ident: tuple[object, tuple] | None) -> Probe:
-    """The facts for ``p`` (measured on its first one or two samples, or taken from the cache
-    under ``ident``, from :func:`identify`)."""
+def probe(p: Problem, ident: tuple[object, tuple] | None) -> tuple[Probe, bool]:
+    """The facts for ``p`` and whether they were measured just now (on its first one or two
+    samples) rather than taken from the cache under ``ident``, from :func:`identify`."""
     per_model, key = None, None
     if ident is not None:
         key = ident[1]
@@ -110,11 +135,11 @@ def probe(p: Problem, ident: tuple[object, tuple] | None) -> Probe:
         except TypeError:  # not weakly referenceable: measured every time
             per_model = None
     if per_model is not None and key in per_model:
-        return per_model[key]
+        return per_model[key], False
     facts = _measure(p)
     if per_model is not None:
         per_model[key] = facts
-    return facts
+    return facts, True
 
 
 def forget(model: object | None = None) -> None:
@@ -132,22 +157,26 @@ def forget(model: object | None = None) -> None:
 def _measure(p: Problem) -> Probe:
     exclude = {_ptr(t) for root in p.owners for t in (*root.parameters(), *root.buffers())}
     try:
-        one, act1, calls = _pass(p, 1, exclude)
-        if p.batch >= 2:
-            two, act2, _ = _pass(p, 2, exclude)
-            act = max(act2 - act1, 0) or act1
-        else:
-            two, act = _pass(p, 1, exclude)[0], act1
+        # The same random numbers for both passes: a difference can only be coupling.
+        with _same_draws(p.x.device):
+            one, act1, calls, leaf = _pass(p, 1, exclude)
+        with _same_draws(p.x.device):
+            two, act2, _, _ = _pass(p, min(2, p.batch), exclude)
+        act = (max(act2 - act1, 0) or act1) if p.batch >= 2 else act1
     except GuardError:
         raise
     except Exception as error:
         _explain_failure(p, error)
         raise
     refuse_unconnected(one.scores, p)
+    _refuse_unused(one.scores, leaf, p)
+    _refuse_coupled(one, two)
     if not p.allow_random:
-        _refuse_random_or_coupled(p, one, two)
+        with _fresh_draws(p.x.device):  # the caller's random state is left as it was
+            again = _pass(p, 1, set())[0]
+        _refuse_random(one, again)
     head, width = None, 0
-    lin = _head_of(one, calls)
+    lin = _head_of(one, calls, builtin=p.transform is not None)
     if lin is not None:
         head, width = weakref.ref(lin), lin.in_features
     diff = one.value if p.layer is not None else p.x
@@ -158,10 +187,11 @@ def _measure(p: Problem) -> Probe:
         dtype=diff.dtype,
         head=head,
         width=width,
+        modules=ran(one.watch),
     )
 
 
-def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list]:
+def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch.Tensor]:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -182,7 +212,8 @@ def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list]:
         linears,
     ):
         result = run(p, xs, slice(0, n), value=value)
-    return result, sum(seen.values()), linears.calls
+    leaf = xs if p.layer is None else result.value
+    return result, sum(seen.values()), linears.calls, leaf
 
 
 class _Linears:
@@ -205,8 +236,10 @@ class _Linears:
         self._handle.remove()
 
 
-def _head_of(one: Pass, calls: list[tuple[nn.Linear, torch.Tensor]]) -> nn.Linear | None:
-    target = one.pre if one.pre is not None else one.scores
+def _head_of(
+    one: Pass, calls: list[tuple[nn.Linear, torch.Tensor]], builtin: bool
+) -> nn.Linear | None:
+    target = one.pre if builtin else one.scores
     if not calls or calls[-1][1] is not target or target.ndim != 2:
         return None
     mod = calls[-1][0]
@@ -215,29 +248,63 @@ def _head_of(one: Pass, calls: list[tuple[nn.Linear, torch.Tensor]]) -> nn.Linea
     return mod
 
 
-def _refuse_random_or_coupled(p: Problem, one: Pass, two: Pass) -> None:
+def _refuse_coupled(one: Pass, two: Pass) -> None:
     gap = _differs(one.scores, two.scores[:1])
+    if gap is not None:
+        raise GuardError(
+            f"model: a sample's output changes with the other samples in its batch (largest "
+            f"difference {gap:.3g} between the sample alone and in a batch of two, with the same "
+            "random numbers), so per-sample Jacobian rows would mix samples. Batch statistics "
+            "(BatchNorm in training mode, or computed by hand) do this; call model.eval() first."
+        )
+
+
+def _refuse_random(one: Pass, again: Pass) -> None:
+    gap = _differs(one.scores, again.scores)
     if gap is None:
         return
-    exclude: set[int] = set()
-    again = _pass(p, 1, exclude)[0]
-    if _differs(one.scores, again.scores) is not None:
-        ran = [one.watch.name(m) for m in one.watch.modules if m.training]
-        listed = ""
-        if ran:
-            listed = f" Modules in training mode that ran: {', '.join(dict.fromkeys(ran[:6]))}."
-        raise GuardError(
-            f"model: two forward passes on the same sample gave different outputs (largest "
-            f"difference {gap:.3g}): the model is random, so its gradients would be too.{listed} "
-            "Call model.eval() first, or pass allow_random=True to explain one random draw per "
-            "forward pass."
-        )
+    names = [one.watch.name(m) for m in one.watch.modules if m.training]
+    listed = ""
+    if names:
+        listed = f" Modules in training mode that ran: {', '.join(dict.fromkeys(names[:6]))}."
     raise GuardError(
-        f"model: a sample's output changes with the other samples in its batch (largest "
-        f"difference {gap:.3g} between the sample alone and in a batch of two), so per-sample "
-        "Jacobian rows would mix samples. Batch statistics (BatchNorm in training mode, or "
-        "computed by hand) do this; call model.eval() first."
+        f"model: two forward passes on the same sample gave different outputs (largest "
+        f"difference {gap:.3g}): the model is random, so its gradients would be too.{listed} "
+        "Call model.eval() first, or pass allow_random=True to explain one random draw per "
+        "forward pass."
     )
+
+
+def _refuse_unused(scores: torch.Tensor, leaf: torch.Tensor, p: Problem) -> None:
+    """A clear error when the scores have a graph, but not to what is differentiated."""
+    (g,) = torch.autograd.grad(scores.sum(), leaf, allow_unused=True)
+    if g is None:
+        what = "x"
+        if p.layer is not None:
+            what = (
+                f"the output of layer {p.layer_name} (of a tuple output, only the first element "
+                "is differentiated)"
+            )
+        raise ValueError(
+            f"model: its output does not depend on {what} through differentiable operations "
+            "(for example argmax, one-hot, .detach(), or torch.no_grad inside the model), so "
+            "there is no gradient to explain"
+        )
+
+
+@contextmanager
+def _same_draws(device: torch.device) -> Iterator[None]:
+    with _fresh_draws(device):
+        torch.manual_seed(0)
+        yield
+
+
+@contextmanager
+def _fresh_draws(device: torch.device) -> Iterator[None]:
+    """Random numbers drawn inside do not advance the caller's generators."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 def _differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -249,9 +316,18 @@ def _differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 def _explain_failure(p: Problem, error: Exception) -> None:
     """Re-raise a model's error on the caller's own batch, not on the probe's one sample."""
+    if "in-place operation" in str(error) and "leaf Variable" in str(error):
+        raise RuntimeError(
+            "model: writes into its input in place (e.g. x.sub_(mean)); the engine differentiates "
+            "the input, so the model must leave it alone: write x = x - mean, or clone it first"
+        ) from error
+    # The same conditions as the probe (a copy that requires grad), on the caller's batch.
+    xs = p.x.detach().clone()
+    if p.layer is None:
+        xs.requires_grad_()
     try:
-        with torch.no_grad():
-            run(p, p.x, slice(0, p.batch), value=p.layer_value)
+        with torch.enable_grad():
+            run(p, xs, slice(0, p.batch), value=p.layer_value)
     except Exception as on_batch:
         raise on_batch from None
     raise RuntimeError(

@@ -83,10 +83,6 @@ class Problem:
         pre = _checked(scores_of(raw), n, "model: output")
         return self.transform(pre), pre
 
-    def apply_output(self, pre: torch.Tensor) -> torch.Tensor:
-        """``output`` applied to a score tensor (the head strategy's recomputed scores)."""
-        return self.output(pre) if self.transform is None else self.transform(pre)
-
     def kwargs_for(self, rows: slice, repeats: int = 1) -> dict:
         """Forward kwargs for ``repeats`` point-major copies of ``rows``."""
         return {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}

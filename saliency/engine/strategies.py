@@ -44,6 +44,7 @@ class Chunk:
     out: torch.Tensor | None = None  # shared forward's scores [r, C], graph attached
     head: HeadCall | None = None
     outputs: torch.Tensor | None = None  # the scores at these rows, detached, for the caller
+    where: slice | None = None  # which rows of the call
     cache: dict = field(default_factory=dict)
 
 

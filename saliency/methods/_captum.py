@@ -155,7 +155,17 @@ def from_captum(
     args = (scores, module) if module is not None else (scores,)
     explainer = method(*args, **init_kwargs)
     want_delta = bool(attribute_kwargs.get("return_convergence_delta", False))
-    extra = tuple(forward_kwargs.values()) or None
+    # Captum repeats every tensor argument with the batch; one that is not per-sample (first
+    # dimension other than B) is shared by every row, as for the engine, so it travels wrapped.
+    extra = (
+        tuple(
+            Shared(v)
+            if isinstance(v, torch.Tensor) and (v.ndim == 0 or v.shape[0] != x.shape[0])
+            else v
+            for v in forward_kwargs.values()
+        )
+        or None
+    )
     values = delta = None
     with warnings.catch_warnings():
         for notice in _NOTICES:

@@ -51,7 +51,8 @@ class Request:
         self.batch = x.shape[0]
         self.max_memory = max_memory
         self.budget = parse_memory(max_memory)
-        self.strategy = strategy  # replaced by the engine's choice after the first call
+        self.requested = strategy  # what every engine call asks for ("auto": decided once, cached)
+        self.strategy = strategy  # what the engine chose, for params
         self.classes = classes
         self.rows = targets.resolve(classes, self.outputs)
         self.k = self.rows.ids.shape[1]
@@ -129,7 +130,7 @@ class Request:
                 inputs,
                 classes,
                 output=self.output,
-                strategy=self.strategy,
+                strategy=self.requested,
                 max_memory=budget,
                 layer=self.layer,
                 layer_value=layer_value,
@@ -159,7 +160,7 @@ class Request:
                 inputs,
                 self.target(samples, repeats),
                 output=self.output,
-                strategy=self.strategy,
+                strategy=self.requested,
                 max_memory=budget,
                 **self.kwargs(samples, repeats),
             )
