@@ -34,6 +34,8 @@ __all__ = ["Race", "cached", "forget", "remember"]
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HOPELESS = 1.5  # batched, per target at its first width, this much slower: no wider trial
 _SMALL = 13  # up to this many targets, the race's widths cover all of them
+_BASE_TARGETS = 2  # one pass each for the base strategy; the faster one counts
+_QUICK = 0.005  # seconds: a call estimated below this is not raced
 
 
 def cached(anchor: object, key: tuple) -> str | None:
@@ -81,37 +83,41 @@ class Race:
         self.batched = list(batched)  # the batched strategy, then its stand-in
         self.left = k
         self.full_width = full_width  # the width the strategy would run at after the race
-        self.times: dict[tuple[str, int], float] = {}
+        self.times: dict[tuple[str, int], list[float]] = {}
         self.winner: str | None = None
-        # The batched strategy's two widths. With few targets they use up the rest of them, so
-        # that the race costs no extra call; with many, they are small and the winner does most.
-        if k <= _SMALL:
-            widths = (max(2, (k - 1) // 3), k - 1 - max(2, (k - 1) // 3))
-        else:
-            widths = (2, 4)
-        # Never wider than the batched strategy's plan allows (max_memory).
-        cap = full_width(batched[0]) if batched else 2
+        # The base strategy runs two targets (one pass each: the faster counts); the batched one
+        # two widths. With few targets the widths use up the rest, so the race costs no extra
+        # pass; with many, they are small and the winner does most of the work.
+        rest = k - _BASE_TARGETS
+        widths = (max(2, rest // 3), rest - max(2, rest // 3)) if k <= _SMALL else (2, 4)
+        cap = full_width(batched[0]) if batched else 2  # never wider than max_memory allows
         self.widths = (min(widths[0], cap), min(widths[1], cap))
+
+    def small_work(self, seconds_forward: float) -> None:
+        """Decide without racing when the whole call is too quick for a race to pay off (its
+        fixed costs would outweigh the gap): batched passes, whose fixed cost is paid once."""
+        if seconds_forward * (1 + 2 * self.left) < _QUICK:
+            self._decide(self.batched[0] if self.batched else self.base)
 
     def next(self) -> tuple[str, int] | None:
         if self.winner is not None:
             return None
         base = self.base
-        if (base, 1) not in self.times:
+        if len(self.times.get((base, 1), [])) < _BASE_TARGETS:
             return self._ask(base, 1)
         if not self.batched:
             return self._decide(base)
         other, (a, b) = self.batched[0], self.widths
         if (other, a) not in self.times:
             return self._ask(other, a)
-        t_base, t_a = self.times[base, 1], self.times[other, a]
+        t_base, t_a = min(self.times[base, 1]), self.times[other, a][0]
         if t_a / a >= _HOPELESS * t_base:
             return self._decide(base)
         if (other, b) not in self.times and b > a and self.left >= b:
             return self._ask(other, b)
         per = t_a / a
         if b > a and (other, b) in self.times:
-            c1 = max((self.times[other, b] - t_a) / (b - a), 0.0)
+            c1 = max((self.times[other, b][0] - t_a) / (b - a), 0.0)
             c0 = max(t_a - a * c1, 0.0)
             per = c0 / max(self.full_width(other), 1) + c1
         return self._decide(other if per < t_base else base)
@@ -127,14 +133,14 @@ class Race:
         if not self.batched or (self.batched[0], a) not in self.times:
             return self.base
         other = self.batched[0]
-        return other if self.times[other, a] / a < self.times[self.base, 1] else self.base
+        return other if self.times[other, a][0] / a < min(self.times[self.base, 1]) else self.base
 
     def _decide(self, name: str) -> None:
         self.winner = name
         return None
 
     def record(self, name: str, width: int, seconds: float) -> None:
-        self.times[name, width] = seconds
+        self.times.setdefault((name, width), []).append(seconds)
         self.left -= width
 
     def failed(self, name: str) -> None:

@@ -416,6 +416,7 @@ class _Engine:
         self.race: auto.Race | None = None
         self.raced: list[torch.Tensor] = []  # blocks of the first targets, from the race
         self._checked = False  # whether a forward pass of this call was checked against facts
+        self._plans: dict[str, Plan] = {}
         self.first_chunk: Chunk | None = None  # the raced row chunk, kept for the winner
         self.strategy = self._decide()
         self.plan = self._plan(self.strategy)
@@ -474,6 +475,11 @@ class _Engine:
         return True
 
     def _plan(self, name: str) -> Plan:
+        if name not in self._plans:
+            self._plans[name] = self._plan_of(name)
+        return self._plans[name]
+
+    def _plan_of(self, name: str) -> Plan:
         s = STRATEGIES[name]
         cols = self.sizes.features if s.columns == "features" else self.k
         whole = self.p.batch * self.sizes.row  # one class for every row
@@ -606,7 +612,8 @@ class _Engine:
         race, done = self.race, 0
         rows = min(self._plan(n).rows for n in [race.base, *race.batched])
         first = slice(0, min(rows, self.p.batch))
-        chunk = self._chunk(race.base, first)
+        chunk, seconds = auto.timed(lambda: self._chunk(race.base, first))
+        race.small_work(seconds * self.p.batch / (first.stop - first.start))
         while (step := race.next()) is not None:
             name, width = step
             cols = slice(done, done + width)
