@@ -214,7 +214,7 @@ def held_rows(model: nn.Module, x: torch.Tensor, k: int, case: Case) -> list[Row
     def vmap_jacrev():
         return jac(x)
 
-    eye = torch.eye(k, dtype=x.dtype, device=x.device).unsqueeze(1).expand(k, b, k)
+    eye = torch.eye(k, dtype=x.dtype, device=x.device).unsqueeze(1).expand(k, b, k).contiguous()
 
     def batched_grad():
         xr = x.detach().requires_grad_()

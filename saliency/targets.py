@@ -92,8 +92,7 @@ class Rows:
         n, c = out.shape
         k = self.ids.shape[1]
         if self.first is not None and self.neg is None:  # consecutive classes: rows of eye(C)
-            eye = torch.eye(c, dtype=out.dtype, device=out.device)
-            return eye[self.first : self.first + k].unsqueeze(1).expand(k, n, c)
+            return _eye_rows(self.first, k, n, c, out.dtype, out.device)
         cot = out.new_zeros(k, n, c)
         cot.scatter_(2, self.ids.T.unsqueeze(2), 1.0)
         if self.neg is not None:
@@ -111,6 +110,26 @@ class Rows:
         if self.first is not None and (index.step or 1) == 1:
             first = self.first + range(self.ids.shape[1])[index].start
         return Rows(self.ids[:, index], neg, first)
+
+
+_EYE_CACHE: dict[tuple, torch.Tensor] = {}
+_EYE_CACHE_BYTES = 4 * 2**20  # only small blocks are kept: building a large one costs little
+
+
+def _eye_rows(first, k, n, c, dtype, device) -> torch.Tensor:
+    """``[k, n, c]`` one-hot rows ``first .. first + k - 1`` of ``eye(c)`` for ``n`` samples,
+    materialised (autograd's backward runs slower on stride-0 gradients) and, when small, kept:
+    a call of the same shape reuses them (autograd never writes into its gradients)."""
+    key = (first, k, n, c, dtype, device)
+    rows = _EYE_CACHE.get(key)
+    if rows is None:
+        eye = torch.eye(c, dtype=dtype, device=device)
+        rows = eye[first : first + k].unsqueeze(1).expand(k, n, c).contiguous()
+        if rows.numel() * rows.element_size() <= _EYE_CACHE_BYTES:
+            if len(_EYE_CACHE) >= 16:
+                _EYE_CACHE.pop(next(iter(_EYE_CACHE)))
+            _EYE_CACHE[key] = rows
+    return rows
 
 
 def is_per_sample(classes: Classes) -> bool:

@@ -94,6 +94,7 @@ class Plan:
     cols: int
 
 
+@functools.lru_cache(maxsize=256)
 def plan(
     strategy: object,
     sizes: Sizes,
@@ -106,7 +107,7 @@ def plan(
     device: torch.device,
 ) -> Plan:
     """The largest chunks that fit ``budget`` for ``strategy`` (a record with ``name`` and
-    ``working_set(sizes, rows, cols)``).
+    ``working_set(sizes, rows, cols)``); remembered, since repeated calls ask the same.
 
     Besides a chunk's working set, ``fixed`` bytes are held throughout (a result being filled)
     and ``per_col`` bytes per class of the chunk (a streamed chunk that holds every row).

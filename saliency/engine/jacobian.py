@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -373,11 +372,17 @@ def _problem(
         )  # fmt: skip
 
 
-@contextmanager
-def _grad_mode():
+class _grad_mode:
     """Gradients on, whatever the caller's mode (``torch.no_grad``, ``torch.inference_mode``)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+
+    def __enter__(self) -> None:
+        self._modes = (torch.inference_mode(False), torch.enable_grad())
+        for mode in self._modes:
+            mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for mode in reversed(self._modes):
+            mode.__exit__(*exc)
 
 
 class _RowPiece(NamedTuple):
@@ -400,6 +405,12 @@ class _Engine:
         self.stream = stream
         self.ident = identify(p)
         self.facts, self.fresh = probe(p, self.ident)
+        # Guards can only object to what they see run. When every module behind the callable
+        # is in a state they accept (checked just now), and the probe saw nothing run beyond
+        # those modules, their verdict is known: the forward passes run without the hooks.
+        self.guard = not (
+            self.ident is not None and self.ident.quiet and self.facts.within and not self.fresh
+        )
         self.k = targets.count(p.classes, self.facts.classes, p.batch)
         self.sizes = Sizes(
             act=self.facts.act,
@@ -438,8 +449,8 @@ class _Engine:
             return p.strategy
         self._key = None
         if self.ident is not None:
-            self._anchor = self.ident[0]
-            self._key = (*self.ident[1], p.batch.bit_length(), self.k, _kind(p.classes))
+            self._anchor = self.ident.anchor
+            self._key = (*self.ident.key, p.batch.bit_length(), self.k, _kind(p.classes))
             self._key += (p.create_graph, p.budget, self.stream)
             name = auto.cached(self._anchor, self._key)
             if name is not None:
@@ -507,14 +518,20 @@ class _Engine:
             value = value.detach().requires_grad_()
         head = self.head_module if s.needs_head else None
         if s.shared_forward:
-            f = run(p, x, rows, value=value, head=head, leaf=not p.create_graph)
+            f = run(p, x, rows, value=value, head=head, leaf=not p.create_graph, guard=self.guard)
         elif p.create_graph and p.layer is not None:
             # The layer's value stays attached to everything before it, as for the input.
-            f = run(p, x, rows, value=value, leaf=False)
+            f = run(p, x, rows, value=value, leaf=False, guard=self.guard)
         else:
             with torch.no_grad():
                 inputs = x.detach().clone() if p.layer is None else x
-                f = run(p, inputs, rows, value=None if value is None else value.detach())
+                f = run(
+                    p,
+                    inputs,
+                    rows,
+                    value=None if value is None else value.detach(),
+                    guard=self.guard,
+                )
         self._check_facts(f)
         if p.layer is None:
             diff = x
@@ -553,7 +570,7 @@ class _Engine:
                 f"classes, then {f.scores.shape[1]}; layer output {self.facts.shape}, then "
                 f"{shape}); per-sample Jacobians need a model that maps every batch alike"
             )
-        if not self._checked and not self.fresh:  # once per call: the modes of what ran
+        if not self._checked and not self.fresh and self.guard:  # once: the modes of what ran
             self._checked = True
             before = dict(self.facts.modules)
             for key, training in ran(f.watch):
@@ -565,10 +582,10 @@ class _Engine:
 
         def again(value: torch.Tensor, repeats: int) -> torch.Tensor:
             if p.layer is None:
-                return run(p, value, rows, repeats).scores
+                return run(p, value, rows, repeats, guard=self.guard).scores
             x = p.x[rows]
             x = x.repeat(repeats, *([1] * (x.ndim - 1))) if repeats > 1 else x.clone()
-            return run(p, x, rows, repeats, value=value).scores
+            return run(p, x, rows, repeats, value=value, guard=self.guard).scores
 
         return again
 

@@ -21,9 +21,11 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .forward import GuardError, Pass, refuse_unconnected, run
 from .identity import key_of
@@ -45,6 +47,7 @@ class Probe:
     head: weakref.ref | None  # the nn.Linear whose output the scores were, if any
     width: int = 0  # features entering that layer
     modules: tuple = ()  # what ran and in which mode: a later pass that differs measures again
+    within: bool = False  # every module that ran is one the callable holds (found statically)
 
     @property
     def row(self) -> int:
@@ -65,9 +68,20 @@ class Probe:
         return None if self.head is None else self.head()
 
 
-def state(p: Problem) -> tuple:
-    """Everything about the call that the probe's facts depend on."""
-    modules = tuple((id(m), m.training) for root in p.owners for m in _walk(root))
+def state(p: Problem) -> tuple[tuple, bool]:
+    """Everything about the call that the probe's facts depend on, and whether every module
+    behind the callable is in a state no guard could object to (eval mode, with running
+    statistics where it normalises, no TorchScript to look inside)."""
+    modules, quiet = [], bool(p.owners)
+    for root in p.owners:
+        for m in _walk(root):
+            modules.append((id(m), m.training))
+            if quiet and (
+                m.training
+                or isinstance(m, torch.jit.ScriptModule)
+                or (isinstance(m, _BatchNorm) and m.running_mean is None)
+            ):
+                quiet = False
     kwargs = tuple((k, value_key(v)) for k, v in p.kwargs.items())
     return (
         tuple(p.x.shape[1:]),
@@ -77,9 +91,9 @@ def state(p: Problem) -> tuple:
         None if p.layer is None else id(p.layer),
         p.layer_value is not None,
         p.allow_random,
-        modules,
+        tuple(modules),
         kwargs,
-    )
+    ), quiet
 
 
 def value_key(v: object) -> object:
@@ -107,11 +121,21 @@ def ran(watch) -> tuple:
     return tuple(seen.items())
 
 
-def identify(p: Problem) -> tuple[object, tuple] | None:
-    """``(anchor, key)``: the object the caches hold weakly, and everything else that identifies
-    the call's model and situation (``None``: nothing can be cached)."""
+class Identity(NamedTuple):
+    """What the caches know a call by (see :func:`identify`)."""
+
+    anchor: object  # held weakly by the caches
+    key: tuple  # everything else that identifies the model and the situation
+    quiet: bool  # every module behind the callable is in a state no guard objects to
+
+
+def identify(p: Problem) -> Identity | None:
+    """The call's identity for the caches (``None``: nothing can be cached)."""
     found = key_of(p.model, p.owners)
-    return None if found is None else (found[0], (found[1], state(p)))
+    if found is None:
+        return None
+    key, quiet = state(p)
+    return Identity(found[0], (found[1], key), quiet)
 
 
 def _walk(root: nn.Module) -> list[nn.Module]:
@@ -129,9 +153,9 @@ def probe(p: Problem, ident: tuple[object, tuple] | None) -> tuple[Probe, bool]:
     samples) rather than taken from the cache under ``ident``, from :func:`identify`."""
     per_model, key = None, None
     if ident is not None:
-        key = ident[1]
+        key = ident.key
         try:
-            per_model = _CACHE.setdefault(ident[0], {})
+            per_model = _CACHE.setdefault(ident.anchor, {})
         except TypeError:  # not weakly referenceable: measured every time
             per_model = None
     if per_model is not None and key in per_model:
@@ -190,6 +214,8 @@ def _measure(p: Problem) -> Probe:
         head=head,
         width=width,
         modules=ran(one.watch),
+        within=bool(p.owners)
+        and {key for key, _ in ran(one.watch)} <= {id(m) for r in p.owners for m in _walk(r)},
     )
 
 
