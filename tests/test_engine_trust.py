@@ -675,3 +675,32 @@ def test_unconnected_outputs_are_named_even_with_trainable_parameters():
     m = Recurrent().eval()
     with pytest.raises(ValueError, match="only the first element"):
         saliency.class_jacobian(m, torch.randint(0, 10, (2, 5)), layer=m.lstm)
+
+
+def test_switching_to_training_mode_after_quiet_calls_is_refused_before_anything_runs():
+    net = bn_net().eval()
+    x = torch.randn(6, 5)
+    for _ in range(3):  # cached and quiet: later calls run without the guards' hooks
+        saliency.class_jacobian(net, x)
+    net[1].train()
+    before = snapshot(net)
+    with pytest.raises(GuardError, match="BatchNorm"):
+        saliency.class_jacobian(net, x)
+    assert_unchanged(net, before)
+
+
+def test_a_module_out_of_sight_keeps_the_guards_on():
+    net, hidden = bn_net().eval(), bn_net().eval()
+    registry = {"hidden": [hidden]}  # reached only through a container the engine cannot see
+
+    def model(t):
+        return net(t) + registry["hidden"][0](t)
+
+    x = torch.randn(6, 5)
+    saliency.class_jacobian(model, x)
+    saliency.class_jacobian(model, x)
+    hidden.train()
+    before = snapshot(hidden)
+    with pytest.raises(GuardError, match="BatchNorm"):
+        saliency.class_jacobian(model, x)
+    assert_unchanged(hidden, before)
