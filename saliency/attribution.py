@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from saliency._atomic import atomic_write
+from saliency._tensorfile import steady
 
 __all__ = ["Attribution"]
 
@@ -199,7 +200,7 @@ class Attribution:
             "params": json.dumps(self.params),
         }
         with atomic_write(path) as f:
-            f.write(save(tensors, metadata=meta))
+            f.write(steady(save(tensors, metadata=meta)))  # the same bytes every time
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Attribution:

@@ -56,6 +56,11 @@ _OPTION_WORDS = [
     (re.compile(r"^out_dir: "), "--out: "),
     (re.compile(r"^batch_size: "), "--batch-size: "),
     (re.compile(r"^classes(=|: )"), "--classes "),
+    (re.compile(r"\bclasses='label'"), "--classes label"),
+    (re.compile(r"\bclasses=None\b"), "--classes all"),
+    (re.compile(r"\bclasses=top_k\((\d+)\)"), r"--classes top\1"),
+    (re.compile(r"\bclasses=\[([\d, ]+)\]"), lambda m: "--classes " + m[1].replace(" ", "")),
+    (re.compile(r"\bclasses=(\d+)\b"), r"--classes \1"),
     (re.compile(r"^metrics: "), "--metrics: "),
     (re.compile(r"^methods: "), "--method: "),
 ]
@@ -97,6 +102,8 @@ def _option_words(message: str) -> str:
     --------
     >>> _option_words("out_dir: 'a' holds a run; pass overwrite=True to delete it")
     "--out: 'a' holds a run; pass --overwrite to delete it"
+    >>> _option_words("metrics: 'margins' needs classes=None, but classes=[1, 5] gives 2")
+    "--metrics: 'margins' needs --classes all, but --classes 1,5 gives 2"
     """
     for pattern, option in _OPTION_WORDS:
         message = pattern.sub(option, message)
@@ -466,7 +473,6 @@ def audit(args: argparse.Namespace) -> int:
     """Audit a data set with a model; see ``saliency audit --help``."""
     from .audit import run
     from .audit.datasets.files import open_data
-    from .audit.datasets.runner import DEFAULT_METRICS
 
     out = Path(args.out)
     _check_out(out)
@@ -496,6 +502,7 @@ def audit(args: argparse.Namespace) -> int:
     }
     max_memory = _memory(args.max_memory)
     _check_audit_classes(loaded, data, classes, args)
+    metrics = None if args.metrics is None else _metrics_per_method(args.metrics, methods)
     _say(
         f"Auditing {len(data.dataset)} samples of {args.data} with {', '.join(methods)} "
         f"(labels: {data.labels_from or 'none'}); results in {out}/"
@@ -506,7 +513,7 @@ def audit(args: argparse.Namespace) -> int:
             data.dataset,
             out_dir=out,
             methods=methods,
-            metrics=list(DEFAULT_METRICS) if args.metrics is None else args.metrics,
+            metrics=metrics,
             classes=classes,
             batch_size=args.batch_size,
             output=args.output,
@@ -554,6 +561,34 @@ def audit(args: argparse.Namespace) -> int:
             _say(f"  {data.names[i]}: {data.errors.get(i, reason)}", err=True)
         return 1
     return 0
+
+
+# The method a metric that fits only some methods asks for, for the command's hint.
+_METRIC_METHOD = {"completeness": "ig", "margins": "gradients"}
+
+
+def _metrics_per_method(names: list[str], methods: dict[str, Method]) -> dict[str, list[str]]:
+    """``--metrics`` for each ``--method`` it can measure (completeness: ig; margins: gradients);
+    a metric that fits none of them is an error, one that fits some is said."""
+    from .audit.datasets.arguments import misfit
+    from .audit.datasets.methods import resolve
+
+    specs = resolve(methods)
+    chosen: dict[str, list[str]] = {spec.name: [] for spec in specs}
+    for name in names:
+        reasons = {spec.name: misfit(name, spec) for spec in specs}
+        fits = [method for method, reason in reasons.items() if reason is None]
+        why = next((reason for reason in reasons.values() if reason is not None), "")
+        if not fits:
+            raise ValueError(
+                f"--metrics: {name!r} fits none of --method {' '.join(methods)}: {why}; add "
+                f"--method {_METRIC_METHOD.get(name, '...')} or leave {name} out"
+            )
+        if len(fits) < len(specs):
+            _say(f"{name}: measured for {', '.join(fits)} only; {why}")
+        for method in fits:
+            chosen[method].append(name)
+    return chosen
 
 
 def _check_audit_classes(loaded: LoadedModel, data, classes, args) -> None:
@@ -604,6 +639,8 @@ def parse_classes(text: str) -> Classes:
     if text == "all":
         return None
     if text.startswith("top") and text[3:].isdigit():
+        if int(text[3:]) < 1:
+            raise ValueError(f"--classes: topN needs N >= 1 (top1, top3, ...), got {text!r}")
         return top_k(int(text[3:]))
     try:
         ids = [int(part) for part in text.split(",") if part.strip()]
@@ -829,7 +866,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         help="per-sample metrics of saliency.audit, e.g. deletion insertion road "
-        "class_sensitivity completeness margins norms (default: deletion class_sensitivity)",
+        "class_sensitivity completeness margins norms, each for the methods it fits "
+        "(completeness: ig; margins: gradients) (default: deletion class_sensitivity; "
+        "class_sensitivity only with 2 classes or more per sample)",
     )
     a.add_argument(
         "--classes",

@@ -130,8 +130,11 @@ def test_sensitivity_equals_captum_per_class(conv):
     model, x = conv
     n = 6
     noise = torch.empty(len(x) * n, *x.shape[1:], dtype=x.dtype).uniform_(-0.05, 0.05)
+    # Captum perturbs copies sample by sample (row b * n + j); ours perturbation by perturbation
+    # (row j * B + b): the same noise, handed out in our order.
+    ours_noise = noise.view(len(x), n, *x.shape[1:]).transpose(0, 1).reshape(noise.shape)
     ours = sensitivity_max(
-        model, x, saliency.gradients, perturb=Replay(noise, pairs=False), n_perturb=n
+        model, x, saliency.gradients, perturb=Replay(ours_noise, pairs=False), n_perturb=n
     )
     assert isinstance(ours, Sensitivity) and ours.sensitivity.shape == (3, 3)
     explain = functools.partial(Saliency(model).attribute, abs=False)
@@ -141,7 +144,7 @@ def test_sensitivity_equals_captum_per_class(conv):
         )
         torch.testing.assert_close(ours.sensitivity[:, k], theirs, rtol=1e-9, atol=1e-12)
     chunked = sensitivity_max(
-        model, x, saliency.gradients, perturb=Replay(noise, pairs=False), n_perturb=n,
+        model, x, saliency.gradients, perturb=Replay(ours_noise, pairs=False), n_perturb=n,
         max_memory=30_000,
     )  # fmt: skip
     torch.testing.assert_close(chunked.sensitivity, ours.sensitivity, rtol=1e-9, atol=1e-12)
@@ -178,11 +181,13 @@ def test_sensitivity_reuses_classes_of_x_and_the_given_attribution(mlp):
     r = sensitivity_max(model, x, method, classes=saliency.top_k(2), seed=0, n_perturb=3)
     top = model(x).detach().topk(2).indices
     assert torch.equal(r.classes, top)
-    assert len(calls) == 2 and torch.equal(calls[1][1], top.repeat_interleave(3, 0))
+    # x once, then one call per perturbation on the 5 copies, with the classes of x
+    assert [n for n, _ in calls] == [5, 5, 5, 5]
+    assert all(torch.equal(classes, top) for _, classes in calls[1:])
     a = saliency.gradients(model, x, saliency.top_k(2))
     again = sensitivity_max(model, x, method, attribution=a, seed=0, n_perturb=3)
     torch.testing.assert_close(again.sensitivity, r.sensitivity)
-    assert len(calls) == 3  # no second explanation of x
+    assert len(calls) == 7  # no second explanation of x
     with pytest.raises(ValueError, match="classes: give either"):
         sensitivity_max(model, x, method, attribution=a, classes=[0])
 
@@ -195,6 +200,28 @@ def test_sensitivity_of_a_seeded_partial_and_a_contrast(mlp):
     linear = nn.Linear(6, 3).double()
     flat = sensitivity_max(linear, x, saliency.gradients, seed=0, norm=float("inf"))
     assert float(flat.sensitivity.max()) == 0.0
+
+
+def test_a_seeded_smoothgrad_gives_each_copy_its_samples_noise(mlp):
+    # With a zero radius every copy is x itself: the explanations must not move at all, so a
+    # seeded SmoothGrad must draw for each copy the noise its sample got at x.
+    model, x = mlp
+    sg = functools.partial(saliency.smoothgrad, n_samples=6, seed=0)
+    still = sensitivity_max(model, x, sg, perturb_radius=0.0, n_perturb=3, seed=0)
+    assert float(still.sensitivity.abs().max()) < 1e-12
+    given = sensitivity_max(
+        model, x, sg, attribution=sg(model, x), perturb_radius=0.0, n_perturb=2, seed=0
+    )
+    assert float(given.sensitivity.abs().max()) < 1e-12
+    # a budget that splits the 5 samples into groups explains x again in those groups
+    grouped = sensitivity_max(
+        model, x, sg, attribution=sg(model, x), perturb_radius=0.0, n_perturb=2, seed=0,
+        max_memory=2_500,
+    )  # fmt: skip
+    assert float(grouped.sensitivity.abs().max()) < 1e-12
+    # noise that moves the input still counts
+    moved = sensitivity_max(model, x, sg, perturb_radius=0.1, n_perturb=3, seed=0)
+    assert bool((moved.sensitivity > 0).all())
 
 
 def test_nothing_is_mutated(conv):

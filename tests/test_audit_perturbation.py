@@ -89,6 +89,24 @@ def test_insertion_mirrors_deletion(tabular):
     torch.testing.assert_close(r.curves[..., 0], model(sub).detach())
 
 
+def test_top_rate_follows_the_rows_on_top_at_x_for_insertion_and_deletion():
+    # Class 0 wins on the blank substrate (its bias), class 1 wins at x (feature 1, about 30).
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+        model.weight.zero_()
+        model.weight[1, 1] = 1.0
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 0.1
+    x[:, 1] += 30
+    a = saliency.gradients(model, x, times_input=True)
+    # Class 1's map ranks feature 1 first: inserted at point 1, removed at point 1; class 1 is
+    # on top from point 1 on (insertion, from the substrate) and until point 1 (deletion).
+    inserted = insertion(model, x, a, steps=4, random_order=False)
+    assert inserted.summary()["top_rate"] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    deleted = deletion(model, x, a, steps=4, random_order=False)
+    assert deleted.summary()["top_rate"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
 def test_random_order_is_one_permutation_per_sample_shared_by_its_classes():
     torch.manual_seed(1)
     model = nn.Linear(6, 3)  # linear: each step changes class c by -W[c, j] x[j] for one j

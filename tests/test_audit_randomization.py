@@ -323,6 +323,20 @@ def test_seed_reproduces_and_differs():
     c = randomization_test(model, x, saliency.gradients, seed=6)
     torch.testing.assert_close(a.similarity["spearman"], b.similarity["spearman"], rtol=0, atol=0)
     assert not torch.allclose(a.similarity["spearman"][1:], c.similarity["spearman"][1:])
+    assert (a.seed, a.summary()["seed"]) == (5, 5)
+
+
+def test_a_drawn_seed_leaves_the_global_rng_alone_and_reproduces():
+    model, x = mlp(), torch.randn(6, 6)
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    drawn = randomization_test(model, x, saliency.gradients)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert isinstance(drawn.seed, int) and drawn.summary()["seed"] == drawn.seed
+    again = randomization_test(model, x, saliency.gradients, seed=drawn.seed)
+    torch.testing.assert_close(
+        again.similarity["spearman"], drawn.similarity["spearman"], rtol=0, atol=0
+    )
 
 
 def test_default_reinit_uses_the_layers_own_initialisation():

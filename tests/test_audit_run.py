@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -293,3 +295,293 @@ def test_a_process_group_the_caller_made_is_used_and_left_alone(digits, tmp_path
         assert (run.computed, run.shards) == (2, 2)
     finally:
         dist.destroy_process_group()
+
+
+def _numpy_stats(column: np.ndarray) -> dict:
+    finite = column[np.isfinite(column)]
+    quantiles = np.quantile(finite, [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {
+        "count": column.size,
+        "nonfinite": column.size - finite.size,
+        "mean": finite.mean(),
+        "std": finite.std(),
+        "min": finite.min(),
+        "max": finite.max(),
+        **dict(zip(["q05", "q25", "median", "q75", "q95"], quantiles, strict=True)),
+    }
+
+
+def test_per_class_statistics_sort_once_instead_of_a_pass_per_class():
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from saliency.audit.datasets.summary import column_stats, grouped_stats
+
+    class Elements(TorchDispatchMode):
+        """Counts the elements every tensor operation produces: the work done, without a clock."""
+
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.count += sum(t.numel() for t in tree_flatten(out)[0] if torch.is_tensor(t))
+            return out
+
+    n, k = 40, 200
+    values = torch.randn(n, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    values[3, 5], values[7, 5], values[0, 9] = float("nan"), float("inf"), float("-inf")
+    classes = torch.arange(k).expand(n, k)
+    with Elements() as work:
+        by = grouped_stats(values, classes)
+    # One sort of all n * k rows: work in proportion to the rows, not to rows times classes
+    # (a pass per class over every row costs about k * n * k elements).
+    assert work.count < 50 * n * k
+    assert list(by) == [str(c) for c in range(k)]
+    for c in (0, 5, 9, 199):
+        want = _numpy_stats(values[:, c].numpy())
+        assert by[str(c)].keys() == want.keys() == column_stats(values[:, c]).keys()
+        for name, value in want.items():
+            assert by[str(c)][name] == pytest.approx(value, rel=1e-8, abs=1e-12), (c, name)
+    assert by["5"]["nonfinite"] == 2 and by["9"]["count"] == n
+    # per-sample columns grouped by label: uneven groups, one key with no finite value
+    labels = torch.tensor([2, 0, 2, 2, 1])
+    column = torch.tensor([1.0, 4.0, 3.0, 2.0, float("nan")])
+    grouped = grouped_stats(column, labels)
+    assert grouped["2"]["median"] == 2.0 and grouped["0"]["count"] == 1
+    assert grouped["1"] == {"count": 1, "nonfinite": 1}
+    assert grouped["2"]["q25"] == pytest.approx(np.quantile([1.0, 3.0, 2.0], 0.25))
+
+
+# -- regressions: every launch and rank alike, checks at the door, data and files verified -------
+
+
+class _InfOnLargeFirst(torch.nn.Module):
+    """Logits times exp(x0): infinite for samples whose first feature is large."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * torch.exp(x[:, :1])
+
+
+def _files(out):
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_a_shard_of_bad_samples_is_skipped_by_every_launch_alike(tmp_path):
+    torch.manual_seed(0)
+    model = _InfOnLargeFirst()
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    x[8:, 0] = 1000.0  # shard 1: every sample's output is infinite
+    args = dict(metrics=["norms"], batch_size=8, **FAST)
+    whole = saliency.audit.run(model, (x, y), out_dir=tmp_path / "whole", **args)
+    assert sorted(whole.skipped) == list(range(8, 16))
+
+    # a later launch (or another rank) meets shard 1 without having explained a batch itself
+    out = tmp_path / "resumed"
+    saliency.audit.run(model, (x, y), out_dir=out, **args)
+    for path in [*(out / "shards").glob("000001*"), out / "summary.json"]:
+        path.unlink()
+    again = saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert (again.computed, again.resumed) == (1, 1)
+    assert sorted(again.skipped) == list(range(8, 16))
+    assert _files(out) == _files(tmp_path / "whole")
+
+    # a first shard that is all bad, while the probe (first 8 samples) finds good ones
+    x = torch.randn(12, 4)
+    x[:4, 0] = 1000.0
+    first_bad = saliency.audit.run(
+        model, x, out_dir=tmp_path / "first", metrics=["norms"], batch_size=4, **FAST
+    )
+    assert sorted(first_bad.skipped) == [0, 1, 2, 3] and first_bad.summary["explained"] == 8
+
+
+def test_a_batch_error_names_the_data_sets_samples():
+    from saliency.audit.datasets.screen import screen
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 4)
+    x[:, 0] = 1000.0
+    with pytest.raises(ValueError) as info:
+        screen(_InfOnLargeFirst(), x, output="logits", index=range(8, 12))
+    message = str(info.value)
+    assert re.search(r"samples \[8, 9, 10, 11\]|data: samples 8-11: ", message), message
+    assert "[0, 1" not in message
+
+
+def test_auto_strategy_is_decided_without_timing_so_fresh_launches_agree(tmp_path, monkeypatch):
+    from saliency.audit.datasets import methods as method_specs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    x, y = torch.randn(16, 6), torch.arange(16) % 4
+    strategies = []
+    real = method_specs.call
+
+    def spy(*args, **kwargs):
+        strategies.append(kwargs["strategy"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(method_specs, "call", spy)
+    methods = {
+        "gradients": saliency.gradients,
+        "sg": functools.partial(saliency.smoothgrad, n_samples=3),
+    }
+    args = dict(methods=methods, metrics=["norms"], batch_size=8, report=False)  # strategy auto
+    saliency.audit.run(model, (x, y), out_dir=tmp_path / "a", **args)
+    # one call per shard and method: no call spent timing strategies, and no timing to differ
+    assert strategies == ["loop"] * 4
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["strategy"] == {"gradients": "loop", "sg": "loop"}
+    assert manifest["config"]["strategy"] == "auto"
+    saliency.audit.run(model, (x, y), out_dir=tmp_path / "b", **args)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"classes": "label", "metrics": ["class_sensitivity"]},
+            r"'class_sensitivity' compares each sample's classes .* classes='label' gives 1",
+        ),
+        (
+            {"methods": {"g": saliency.gradients, "ig": "ig"}, "metrics": ["completeness"]},
+            r"'completeness' cannot measure method 'g' \(gradients\).*integrated gradients",
+        ),
+        (
+            {"methods": "smoothgrad", "metrics": ["margins"]},
+            r"'margins' cannot measure method 'smoothgrad' \(smoothgrad\)",
+        ),
+        (
+            {
+                "methods": {"g": functools.partial(saliency.gradients, times_input=True)},
+                "metrics": ["margins"],
+            },
+            r"'margins' cannot measure method 'g'.*plain input gradients",
+        ),
+        (
+            {"classes": saliency.top_k(2), "metrics": ["margins"]},
+            r"'margins' .* needs all 10 classes .* classes=top_k\(2\) gives 2",
+        ),
+        ({"data": "tabular", "metrics": ["road"]}, r"'road' .* needs images .* shape \[64\]"),
+    ],
+)
+def test_metrics_that_cannot_measure_the_rows_are_refused_before_anything_is_written(
+    digits, tmp_path, kwargs, match
+):
+    model, _, x, y = digits
+    if kwargs.pop("data", None) == "tabular":
+        model, x = torch.nn.Linear(64, 10), x.flatten(1)
+    methods = kwargs.pop("methods", "gradients")
+    if isinstance(methods, dict):
+        methods = {k: saliency.integrated_gradients if v == "ig" else v for k, v in methods.items()}
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        saliency.audit.run(model, (x, y), out_dir=out, methods=methods, **FAST, **kwargs)
+    assert not out.exists()
+
+
+def test_default_metrics_leave_class_sensitivity_out_with_one_class_per_sample(digits, tmp_path):
+    model, _, x, y = digits
+    label = saliency.audit.run(
+        model, (x[:8], y[:8]), out_dir=tmp_path / "label", classes="label", **FAST
+    )
+    columns = label.summary["methods"]["gradients"]["columns"]
+    assert "deletion.auc" in columns and not any(c.startswith("class_sens") for c in columns)
+    manifest = json.loads((tmp_path / "label" / "manifest.json").read_text())
+    assert manifest["config"]["metrics"] == {"gradients": ["deletion"]}
+    # one output: classes=None gives one row per sample too
+    single = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    one = saliency.audit.run(single, x[:6], out_dir=tmp_path / "one", **FAST)
+    columns = one.summary["methods"]["gradients"]["columns"]
+    assert {c.split(".")[0] for c in columns if "." in c} == {"deletion"}
+    two = saliency.audit.run(
+        model, x[:4], out_dir=tmp_path / "two", classes=saliency.top_k(2), **FAST
+    )
+    assert "class_sensitivity.mean_other" in two.summary["methods"]["gradients"]["columns"]
+    # a metric for the one method it fits
+    ig = functools.partial(saliency.integrated_gradients, steps=4)
+    both = saliency.audit.run(
+        model, (x[:6], y[:6]), out_dir=tmp_path / "dict", methods={"g": saliency.gradients,
+        "ig": ig}, metrics={"ig": ["completeness"]}, **FAST,
+    )  # fmt: skip
+    assert "completeness.gap" in both.summary["methods"]["ig"]["columns"]
+
+
+def test_a_run_that_completed_no_shard_gives_way_to_the_corrected_command(digits, tmp_path):
+    model, _, x, y = digits
+
+    def mine(model, x, classes=None, **options):  # of unknown kind: only a shard can tell
+        return saliency.gradients(model, x, classes, **options)
+
+    args = dict(out_dir=tmp_path, methods={"mine": mine}, batch_size=12, **FAST)
+    with pytest.raises(ValueError, match="records no completeness gap"):
+        saliency.audit.run(model, (x, y), metrics=["completeness"], **args)
+    assert (tmp_path / "manifest.json").exists() and not list(tmp_path.rglob("*.done.json"))
+    fixed = saliency.audit.run(model, (x, y), metrics=["norms"], **args)
+    assert (fixed.computed, fixed.resumed) == (2, 0)
+    with pytest.raises(ValueError, match=r"config\.metrics.*overwrite=True"):
+        saliency.audit.run(model, (x, y), metrics=[], **args)  # now there are results to keep
+
+
+def test_resume_checks_the_data_of_every_complete_shard(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(24, 4), torch.arange(24) % 3
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=8, **FAST)
+    saliency.audit.run(model, (x, y), **args)
+    x2 = x.clone()
+    x2[20] += 1  # after the first 8 samples the manifest hashes
+    with pytest.raises(ValueError, match=r"data: samples 16-23 are not those .*overwrite=True"):
+        saliency.audit.run(model, (x2, y), **args)
+    y2 = y.clone()
+    y2[9] = 2  # was 0
+    with pytest.raises(ValueError, match=r"data: samples 8-15 are not those"):
+        saliency.audit.run(model, (x, y2), **args)
+    assert saliency.audit.run(model, (x, y), **args).computed == 0
+    fresh = saliency.audit.run(model, (x2, y), **args, overwrite=True)
+    assert fresh.computed == 3
+    reference = saliency.audit.run(model, (x2, y), **{**args, "out_dir": tmp_path / "ref"})
+    assert fresh.summary == reference.summary
+
+
+def test_kept_values_are_hashed_and_a_garbled_manifest_says_how_to_start_over(digits, tmp_path):
+    model, _, x, y = digits
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=12, keep_values=True, **FAST)
+    saliency.audit.run(model, (x, y), **args)
+    kept = tmp_path / "shards" / "000001.gradients.safetensors"
+    record = json.loads((tmp_path / "shards" / "000001.done.json").read_text())
+    original = kept.read_bytes()
+    assert record["files"][kept.name]["sha256"] == hashlib.sha256(original).hexdigest()
+    damaged = bytearray(original)
+    damaged[-1] ^= 1  # same size, other bytes: only the hash can tell
+    kept.write_bytes(bytes(damaged))
+    again = saliency.audit.run(model, (x, y), **args)
+    assert (again.computed, again.resumed) == (1, 1) and kept.read_bytes() == original
+
+    (tmp_path / "manifest.json").write_text("")  # a power cut before the data reached the disk
+    with pytest.raises(ValueError, match=r"empty or garbled .* cut off mid-write.*overwrite=True"):
+        saliency.audit.run(model, (x, y), **args)
+    assert saliency.audit.run(model, (x, y), **args, overwrite=True).computed == 2
+
+
+def test_a_seeded_smoothgrad_in_a_run_has_no_sensitivity_at_radius_zero(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    x = torch.randn(12, 6)
+    result = saliency.audit.run(
+        model, x, out_dir=tmp_path, methods={"sg": functools.partial(saliency.smoothgrad,
+        n_samples=4)}, metrics=["sensitivity_max"], batch_size=6,
+        metric_options={"sensitivity_max": {"perturb_radius": 0.0, "n_perturb": 2}}, **FAST,
+    )  # fmt: skip
+    column = result.summary["methods"]["sg"]["columns"]["sensitivity_max.sensitivity"]["all"]
+    assert column["count"] == 36 and column["max"] == 0.0

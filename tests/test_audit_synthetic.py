@@ -40,6 +40,17 @@ def test_seeded_and_private():
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(a.x, b.x) and torch.equal(a.relevant, b.relevant)
     assert not torch.equal(a.x, gaussian_clusters(50, seed=2).x)
+    assert a.seed == 1
+
+
+def test_a_drawn_seed_leaves_the_global_rng_alone_and_is_recorded():
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    task = gaussian_clusters(40, seed=None)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert isinstance(task.seed, int)
+    again = gaussian_clusters(40, seed=task.seed)
+    assert torch.equal(again.x, task.x) and torch.equal(again.y, task.y)
 
 
 @pytest.mark.parametrize(

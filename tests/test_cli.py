@@ -457,3 +457,117 @@ def test_audit_pt_file_is_read_without_running_code(tmp_path, capsys):
 def test_a_text_model_is_pointed_at_the_python_api(tmp_path, capsys):
     assert main(["explain", "sentiment", str(tmp_path / "none.png"), "--out", str(tmp_path)]) == 2
     assert "text model" in capsys.readouterr().err
+
+
+# -- audit: regressions ---------------------------------------------------------------------------
+
+
+def _digit_folders(root: Path, n: int, names: dict[int, str] | None = None) -> list[int]:
+    """Held-out digits as PNGs in one folder per label (named by ``names``); the labels."""
+    x = _raw_digits(n)
+    _, y = models.held_out("digits", n=n)
+    for i, (image, label) in enumerate(zip(x, y.tolist(), strict=True)):
+        folder = root / (names or {}).get(label, str(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    return y.tolist()
+
+
+def test_audit_folder_labels_ignore_empty_folders_and_refuse_half_matches(tmp_path, capsys):
+    data = tmp_path / "data"
+    labels = _digit_folders(data, 6)
+    (data / "empty").mkdir()  # sorts after the digits: it must not renumber them
+    out = tmp_path / "out"
+    args = ["--metrics", "norms", "--no-progress", "--no-report"]
+    assert main(["audit", "digits", str(data), "--out", str(out), *args]) == 0
+    captured = capsys.readouterr()
+    assert "labels: folder names = the model's classes; folders without images left out: " in (
+        captured.out
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accuracy"] == 1.0
+    rows = [json.loads(line) for line in (out / "shards" / "000000.jsonl").read_text().splitlines()]
+    assert sorted({r["label"] for r in rows}) == sorted(set(labels))
+
+    # a folder with images that is not one of the model's classes, beside ones that are
+    stray = tmp_path / "stray"
+    _digit_folders(stray, 6, names={labels[0]: "cats"})
+    assert main(["audit", "digits", str(stray), "--out", str(tmp_path / "o2"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "['cats'] are not" in err and "the model's class names" in err
+    assert not (tmp_path / "o2").exists()
+
+    from saliency.audit.datasets.files import open_data
+
+    with pytest.raises(ValueError, match=r"folders \[.*\] are class ids but \['cats'\] are not"):
+        open_data(stray)  # no class names: numbers beside a name
+    names = {label: f"class-{label}" for label in labels}
+    named = tmp_path / "named"
+    _digit_folders(named, 6, names=names)
+    (named / "zzz-empty").mkdir()
+    opened = open_data(named)
+    assert opened.labels_from.startswith("folders in sorted order")
+    assert opened.class_names == sorted(names.values())  # the empty folder is no class
+
+
+def test_audit_mean_for_other_channels_is_refused_not_hidden(tmp_path, capsys):
+    data = tmp_path / "data"
+    _digit_folders(data, 4)
+    out = tmp_path / "out"
+    code = main(
+        ["audit", "digits", str(data), "--out", str(out), "--mean", "0.5", "0.5", "0.5",
+         "--no-progress"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--mean: 3 values for the images in" in err and "1 channels" in err
+    assert "can be explained" not in err and not out.exists()
+
+
+def test_audit_metrics_and_classes_that_do_not_fit_are_refused_at_the_door(tmp_path, capsys):
+    data = _digits_file(tmp_path / "digits.safetensors", 8)
+    base = ["audit", "digits", str(data), "--no-progress", "--no-report"]
+
+    # one class per sample: the default metrics leave class_sensitivity out
+    assert main([*base, "--out", str(tmp_path / "label"), "--classes", "label"]) == 0
+    columns = json.loads((tmp_path / "label" / "summary.json").read_text())["methods"]
+    assert "deletion.auc" in columns["gradients"]["columns"]
+    assert not any("class_sensitivity" in c for c in columns["gradients"]["columns"])
+    capsys.readouterr()
+
+    # asked for explicitly, it is refused in the command's words, before anything is written
+    out = tmp_path / "x"
+    refused = [
+        (["--classes", "label", "--metrics", "class_sensitivity"], "--classes label gives 1"),
+        (["--classes", "1,5", "--metrics", "margins"], "needs all 10 classes of the model "
+         "(--classes all), but --classes 1,5 gives 2"),
+        (["--metrics", "completeness"], "'completeness' fits none of --method gradients: it "
+         "needs the completeness gap"),
+        (["--classes", "top0"], "--classes: topN needs N >= 1"),
+    ]  # fmt: skip
+    for extra, message in refused:
+        assert main([*base, "--out", str(out), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert "classes=" not in err and "top_k" not in err and "saliency." not in err
+        assert not out.exists()
+
+    # a metric that fits one of the methods is measured for that one
+    both = ["--method", "gradients", "ig", "--steps", "4", "--metrics", "completeness"]
+    assert main([*base, "--out", str(tmp_path / "ig"), *both]) == 0
+    assert "completeness: measured for ig only" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "ig" / "summary.json").read_text())["methods"]
+    assert "completeness.gap" in summary["ig"]["columns"]
+    assert not any("completeness" in c for c in summary["gradients"]["columns"])
+
+    # road needs images: refused before any shard, progress bar or file
+    road = ["audit", "breast_cancer", "breast_cancer", "--out", str(out), "--metrics", "road"]
+    assert main(road) == 2
+    err = capsys.readouterr().err
+    assert "--metrics: 'road' imputes removed pixels" in err and "sample/s" not in err
+    assert not out.exists()
+
+
+def test_parse_classes_refuses_top0():
+    with pytest.raises(ValueError, match=r"--classes: topN needs N >= 1 .* got 'top0'"):
+        parse_classes("top0")

@@ -239,8 +239,8 @@ def sensitivity_max(
     For ``n_perturb`` copies ``x + u`` of each sample, ``u`` uniform in
     ``[-perturb_radius, perturb_radius]`` per feature, the largest
     ``||e(x + u) - e(x)|| / ||e(x)||`` per class row: captum.metrics.sensitivity_max's
-    definition, for every class at once (each chunk of copies is explained for all classes
-    in one call of ``method``). Lower is more stable.
+    definition, for every class at once (each perturbation of the batch is explained for all
+    classes in one call of ``method``). Lower is more stable.
 
     Parameters
     ----------
@@ -249,8 +249,10 @@ def sensitivity_max(
         ``method``, per-sample ones following their sample's copies.
     method
         Any callable following :class:`saliency.methods.Method` (``saliency.gradients``, a
-        :func:`functools.partial` of a method, ...); fix the seed of a random method
-        (SmoothGrad) with a partial, or its own noise counts as sensitivity.
+        :func:`functools.partial` of a method, ...). Fix the seed of a random method
+        (SmoothGrad) with a partial, or its own noise counts as sensitivity: the copies of one
+        perturbation are explained as one batch laid out as ``x`` (same samples, same order),
+        so that each copy gets the noise its sample got at ``x``.
     classes
         What to explain, as in :func:`saliency.class_jacobian`; resolved once at ``x`` (a
         ``top_k`` keeps the classes of ``x`` for every copy).
@@ -260,9 +262,10 @@ def sensitivity_max(
     perturb_radius
         Half-width of the uniform noise, in input units (Captum's default 0.02).
     perturb
-        Instead of the uniform noise, a callable taking the repeated inputs ``[R, ...]``
-        (each sample repeated ``n_perturb`` times in a row, in chunks) and returning the
-        perturbed inputs, as Captum's ``perturb_func`` does.
+        Instead of the uniform noise, a callable taking inputs ``[R, ...]`` and returning them
+        perturbed, as Captum's ``perturb_func`` does. It is called ``n_perturb`` times with
+        ``x``'s samples in order (perturbation after perturbation; under ``max_memory``, each
+        perturbation group of samples after group).
     n_perturb
         Perturbed copies per sample.
     norm
@@ -272,7 +275,9 @@ def sensitivity_max(
         Seeds the uniform noise (a private generator; ``None`` draws one).
     output, max_memory
         Passed to ``method`` when given; ``max_memory`` also bounds the copies explained per
-        call (``None``: all ``B x n_perturb`` in one call).
+        call (``None``: one call per perturbation, on all ``B`` copies). When it cannot hold
+        all ``B``, the samples are taken in groups, and ``x`` is explained again group by group
+        (instead of using ``attribution``) so that a random method's noise still matches.
 
     Returns
     -------
@@ -329,45 +334,56 @@ def sensitivity_max(
                 f"attribution: expected the Attribution of x's {n} samples by method, got "
                 f"{type(attribution).__name__}"
             )
-    base = attribution.values.detach().flatten(2)  # [B, K, D']
-    k = base.shape[1]
+    k = attribution.values.shape[1]
     rows_spec = _classes_again(attribution)
-    base_norm = _norm(base, norm)
-    base_norm = torch.where(base_norm == 0, torch.ones_like(base_norm), base_norm)
-
     gen, seed = generator(seed, x.device)
-    row_bytes = 3 * k * base.shape[2] * base.element_size() + 4 * x[0].numel() * x.element_size()
-    chunk = n * n_perturb
+    item = attribution.values[0, 0].numel() * attribution.values.element_size()
+    row_bytes = 3 * k * item + 4 * x[0].numel() * x.element_size()
+    group = n
     if budget is not None:
-        chunk = budget // row_bytes
-        if chunk < 1:
+        group = min(n, budget // row_bytes)
+        if group < 1:
             raise MemoryError(
                 f"max_memory: {budget} bytes cannot hold the {k} explanations of one perturbed "
                 f"copy (about {row_bytes} bytes)"
             )
-    best = torch.zeros(n, k, dtype=base_norm.dtype, device=base.device)
-    for r0 in range(0, n * n_perturb, chunk):
-        rows = torch.arange(r0, min(n * n_perturb, r0 + chunk), device=x.device)
-        owner = rows // n_perturb
-        xs = x[owner]
-        if perturb is None:
-            u = torch.rand(xs.shape, generator=gen, device=x.device, dtype=x.dtype)
-            perturbed = xs + (2 * u - 1) * perturb_radius
-        else:
-            perturbed = _tensor_like(perturb(xs), xs, "perturb")
+    groups = [torch.arange(lo, min(lo + group, n), device=x.device) for lo in range(0, n, group)]
+
+    def explain(inputs: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         kwargs = {name: take(v, owner, n) for name, v in forward_kwargs.items()}
-        cls = rows_spec(owner)
-        a = _explain(method, model, perturbed, cls, options, kwargs)
-        if tuple(a.values.shape[:2]) != (len(rows), k):
+        a = _explain(method, model, inputs, rows_spec(owner), options, kwargs)
+        if tuple(a.values.shape[:2]) != (len(owner), k):
             raise ValueError(
-                f"method: returned values {list(a.values.shape)} for {len(rows)} copies of "
+                f"method: returned values {list(a.values.shape)} for {len(owner)} copies of "
                 f"{k} classes"
             )
-        at = owner.to(base.device)
-        change = _norm(a.values.detach().flatten(2).to(base.device) - base[at], norm)
-        ratio = change / base_norm[at]
-        index = at[:, None].expand_as(ratio)
-        best.scatter_reduce_(0, index, ratio.to(best.dtype), reduce="amax")
+        return a.values.detach().flatten(2)
+
+    # A random method (SmoothGrad) draws its noise for the batch it is given, row by row: so the
+    # copies of one perturbation are explained as a batch laid out like x's (the same samples,
+    # in the same order), and row b of every copy gets the noise sample b got at x. When the
+    # budget splits x's samples into groups, x itself is explained again in the same groups.
+    if len(groups) == 1:
+        base = attribution.values.detach().flatten(2)  # [B, K, D']
+    else:
+        base = torch.cat([explain(x[g], g).to(attribution.values.device) for g in groups])
+    base_norm = _norm(base, norm)
+    base_norm = torch.where(base_norm == 0, torch.ones_like(base_norm), base_norm)
+    best = torch.zeros(n, k, dtype=base_norm.dtype, device=base.device)
+    for _ in range(n_perturb):
+        u = None
+        if perturb is None:  # one draw per perturbation, whatever the groups
+            u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        for owner in groups:
+            xs = x[owner]
+            if u is None:
+                perturbed = _tensor_like(perturb(xs), xs, "perturb")
+            else:
+                perturbed = xs + (2 * u[owner] - 1) * perturb_radius
+            at = owner.to(base.device)
+            change = _norm(explain(perturbed, owner).to(base.device) - base[at], norm)
+            ratio = (change / base_norm[at]).to(best.dtype)
+            best[at] = torch.maximum(best[at], ratio)
     return Sensitivity(
         sensitivity=best,
         classes=attribution.classes,

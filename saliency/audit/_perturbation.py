@@ -101,8 +101,10 @@ class PerturbationCurves:
             "undefined": int(norm.isnan().sum()),
             "mean_curve": [number(v) for v in self.curves.double().mean((0, 1))],
         }
-        first = self.is_top[..., 0]
-        kept = self.is_top[first].double()
+        # The point at x: the first of deletion and ROAD, the last of insertion (which starts
+        # from the substrate).
+        at_x = self.is_top[..., -1 if self.kind == "insertion" else 0]
+        kept = self.is_top[at_x].double()
         out["top_rate"] = [number(v) for v in kept.mean(0)] if kept.numel() else None
         if self.random_auc is not None:
             rand = self.random_auc.double().flatten()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import targets
+from .._random import generator as private_generator
 from ..attribution import Attribution
 from .similarity import check_similarity, compare, prepare_maps
 
@@ -50,6 +51,9 @@ class RandomizationResult:
     maps : torch.Tensor or None
         ``[steps, B, K, *map]``: the compared maps (channels summed, absolute values when
         ``abs``), kept when ``keep_maps=True``; step 0 is the original maps.
+    seed : int or None
+        The seed of the re-initialisation: the one given, or the one drawn for ``seed=None``
+        (pass it back to reproduce the test).
     """
 
     steps: tuple[str, ...]
@@ -57,6 +61,7 @@ class RandomizationResult:
     classes: torch.Tensor
     order: str
     maps: torch.Tensor | None = None
+    seed: int | None = None
 
     def summary(self) -> dict:
         """Per step, the mean and median similarity over samples and classes, JSON-safe.
@@ -70,6 +75,7 @@ class RandomizationResult:
             "samples": int(self.classes.shape[0]),
             "classes_per_sample": int(self.classes.shape[1]),
             "steps": list(self.steps),
+            "seed": self.seed,
         }
         for name, values in self.similarity.items():
             flat = values.flatten(1).double()
@@ -135,7 +141,7 @@ def randomization_test(
         ``sum_channels``, then absolute values are taken when ``abs`` (as Quantus's MPRT).
     seed
         Seeds the re-initialisation (a private generator; the global RNG state is left as it
-        was). ``None`` draws one.
+        was). ``None`` draws one, recorded in the result's ``seed``.
     reinit
         How a layer is re-initialised, called with the copy's module under a forked, seeded RNG.
         Default: the module's ``reset_parameters()`` (its own initialisation, as Quantus), and
@@ -185,7 +191,9 @@ def randomization_test(
         options["output"] = output
     if max_memory is not None:
         options["max_memory"] = max_memory
-    generator = _generator(seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed: expected an int or None, got {seed!r}")
+    generator, seed = private_generator(seed, torch.device("cpu"))
     chosen = _check_layers(model, layers)
     method, options = _by_name(method, options, model)
 
@@ -245,6 +253,7 @@ def randomization_test(
         classes=original.classes,
         order=order,
         maps=torch.stack(kept) if keep_maps else None,
+        seed=seed,
     )
 
 
@@ -259,14 +268,6 @@ def _similarities(value: object) -> tuple[str, ...]:
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"similarity: names repeat in {value!r}")
     return kinds
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    if seed is None:
-        seed = int(torch.randint(2**62, (1,)).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int or None, got {seed!r}")
-    return torch.Generator().manual_seed(seed)
 
 
 def _check_layers(model: nn.Module, layers: object) -> list[str] | None:

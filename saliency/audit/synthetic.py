@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._random import generator
 from ..attribution import Attribution
 
 __all__ = ["SyntheticTask", "feature_agreement", "gaussian_clusters"]
@@ -31,12 +32,16 @@ class SyntheticTask:
         ``[D]`` bool: the informative features (the only ones whose distribution depends on y).
     means : torch.Tensor
         ``[C, D]``: the mean of each class (zero on every irrelevant feature).
+    seed : int
+        The seed it was drawn with: the one given, or the one drawn for ``seed=None`` (pass it
+        back to draw the same task).
     """
 
     x: torch.Tensor
     y: torch.Tensor
     relevant: torch.Tensor
     means: torch.Tensor
+    seed: int
 
 
 def gaussian_clusters(
@@ -54,7 +59,8 @@ def gaussian_clusters(
     informative ones (at random positions), ``separation`` times a random sign, redrawn until
     every two classes differ and every informative feature takes both signs (so that it
     separates some classes); a sample is its class's mean plus standard normal noise on every
-    feature. A larger ``separation`` makes the task easier.
+    feature. A larger ``separation`` makes the task easier. Draws come from a private generator
+    seeded by ``seed`` (the global RNG is untouched); ``None`` draws a seed, kept in the result.
 
     Examples
     --------
@@ -79,9 +85,7 @@ def gaussian_clusters(
         )
     if isinstance(separation, bool) or not isinstance(separation, int | float) or separation <= 0:
         raise ValueError(f"separation: expected a positive number, got {separation!r}")
-    if seed is None:
-        seed = int(torch.randint(2**62, (1,)).item())
-    g = torch.Generator().manual_seed(seed)
+    g, seed = generator(seed, torch.device("cpu"))
 
     relevant = torch.zeros(features, dtype=torch.bool)
     relevant[torch.randperm(features, generator=g)[:informative]] = True
@@ -95,7 +99,7 @@ def gaussian_clusters(
     y = torch.arange(n) % classes
     y = y[torch.randperm(n, generator=g)]
     x = means[y] + torch.randn(n, features, generator=g)
-    return SyntheticTask(x=x, y=y, relevant=relevant, means=means)
+    return SyntheticTask(x=x, y=y, relevant=relevant, means=means, seed=seed)
 
 
 def feature_agreement(

@@ -1,4 +1,5 @@
-"""The arguments of a run, checked at the door: metrics per method, batch size, classes.
+"""The arguments of a run, checked at the door: metrics per method, batch size, classes, and
+whether each metric can measure what each method gives.
 
 Examples
 --------
@@ -7,20 +8,42 @@ Examples
 (None, 3)
 >>> rows_per_sample(None, 10), rows_per_sample("label", 10)
 (10, 1)
+>>> default_metrics("label"), default_metrics(None)
+(['deletion'], ['deletion', 'class_sensitivity'])
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from saliency.targets import Contrast, TopK
 
+from . import methods as method_specs
 from . import metrics as metric_specs
 from .sources import Source
 
-__all__ = ["check_batch_size", "check_classes", "check_ids", "check_metrics", "rows_per_sample"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "check_batch_size",
+    "check_classes",
+    "check_fit",
+    "check_ids",
+    "check_metrics",
+    "default_metrics",
+    "misfit",
+    "rows_per_sample",
+]
+
+DEFAULT_METRICS = ("deletion", "class_sensitivity")
+
+
+def default_metrics(classes: object, n_outputs: int | None = None) -> list[str]:
+    """The metrics of a run that names none: :data:`DEFAULT_METRICS`, without
+    ``class_sensitivity`` when each sample gets one row (nothing to compare it with)."""
+    k = rows_per_sample(classes, n_outputs) if n_outputs is not None or classes is not None else 2
+    return [m for m in DEFAULT_METRICS if m != "class_sensitivity" or k >= 2]
 
 
 def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric_specs.MetricSpec]]:
@@ -127,3 +150,79 @@ def rows_per_sample(classes: object, n_outputs: int) -> int:
     if isinstance(classes, list):
         return len(classes)
     return 1
+
+
+def misfit(metric: str, spec: method_specs.MethodSpec) -> str | None:
+    """Why ``metric`` cannot measure what method ``spec`` gives, or None when it can (or when
+    ``spec`` is a callable of unknown kind, whose result only the run can tell)."""
+    kind = method_specs.kind(spec)
+    if kind is None:
+        return None
+    if metric == "completeness" and kind != "integrated_gradients":
+        return (
+            "it needs the completeness gap (Attribution.delta) that only integrated gradients "
+            "record"
+        )
+    if metric == "margins":
+        options = [o for o in ("times_input", "abs", "layer") if method_specs.bound(spec, o)]
+        if kind != "gradients" or options:
+            return (
+                "it needs plain input gradients (saliency.gradients without times_input, abs "
+                "or layer)"
+            )
+    return None
+
+
+def check_fit(
+    metrics: Mapping[str, list[metric_specs.MetricSpec]],
+    methods: list[method_specs.MethodSpec],
+    classes: object,
+    n_outputs: int,
+    shape: Sequence[int],
+) -> None:
+    """Refuse, before anything runs, a metric that cannot measure a method's rows: too few
+    classes per sample, the wrong method, or samples that are not images."""
+    k = rows_per_sample(classes, n_outputs)
+    asked = f"classes={_described(classes)} gives {k} per sample"
+    for spec in methods:
+        for metric in (m.name for m in metrics[spec.name]):
+            reason = misfit(metric, spec)
+            if reason is not None:
+                raise ValueError(
+                    f"metrics: {metric!r} cannot measure method {spec.name!r} "
+                    f"({method_specs.kind(spec)}): {reason}; give each method its own metrics, "
+                    f"e.g. metrics={{{spec.name!r}: [...], ...}}"
+                )
+            if metric == "class_sensitivity" and k < 2:
+                raise ValueError(
+                    "metrics: 'class_sensitivity' compares each sample's classes and needs 2 or "
+                    f"more per sample, but {asked}; ask for more classes or leave "
+                    "class_sensitivity out"
+                )
+            if metric == "margins" and not _every_class(classes, n_outputs):
+                raise ValueError(
+                    "metrics: 'margins' compares every class with each sample's own and needs "
+                    f"all {n_outputs} classes of the model (classes=None), but {asked}"
+                )
+            if metric == "road" and len(shape) != 3:
+                raise ValueError(
+                    "metrics: 'road' imputes removed pixels from their neighbours and needs "
+                    f"images [C, H, W], but the data's samples have shape {list(shape)}; use "
+                    "deletion or insertion"
+                )
+
+
+def _every_class(classes: object, n_outputs: int) -> bool:
+    if classes is None:
+        return True
+    if isinstance(classes, TopK):
+        return classes.k == n_outputs
+    return isinstance(classes, list) and sorted(classes) == list(range(n_outputs))
+
+
+def _described(classes: object) -> str:
+    if isinstance(classes, TopK):
+        return f"top_k({classes.k})"
+    if isinstance(classes, Contrast):
+        return "a contrast"
+    return repr(classes)

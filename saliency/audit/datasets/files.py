@@ -120,14 +120,13 @@ class _Images(Dataset):
     def __getitem__(self, i: int):
         try:
             image = read_image(self.files[i], self.size, self.channels)
-            x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-            x = _normalise(x[None], self.mean, self.std, "images")[0]
-            if tuple(x.shape) != self.shape:
-                raise ValueError(f"has shape {tuple(x.shape)} after loading, not {self.shape}")
-        except Exception as e:  # decoders raise many types; any of them means a bad input
+        except Exception as e:  # decoders raise many types; any of them means an unreadable file
             self.errors[i] = str(e) or type(e).__name__
-            x = torch.full(self.shape, float("nan"))
-        return x, self.labels[i]
+            return torch.full(self.shape, float("nan")), self.labels[i]
+        # Past decoding, an error is the run's (mean and std were checked against the channels
+        # at the door), not this image's: it is raised, never hidden as a NaN sample.
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        return _normalise(x[None], self.mean, self.std, "images")[0], self.labels[i]
 
 
 def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
@@ -137,16 +136,25 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
             f"DATA: {str(path)!r} has no class folders; expected one sub-folder of images per "
             "class (for loose images, use saliency explain)"
         )
-    ids, labels_from = _folder_ids([f.name for f in folders], class_names)
-    files, labels = [], []
-    for folder, class_id in zip(folders, ids, strict=True):
-        found = sorted(
+    images = {
+        folder: sorted(
             p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
-        files += found
-        labels += [class_id] * len(found)
-    if not files:
+        for folder in folders
+    }
+    # A folder without images is no class: left out before the labels are chosen, so that it
+    # cannot shift the classes of the others.
+    empty = [f.name for f in folders if not images[f]]
+    folders = [f for f in folders if images[f]]
+    if not folders:
         raise ValueError(f"DATA: the class folders of {str(path)!r} hold no images")
+    ids, labels_from = _folder_ids([f.name for f in folders], class_names, path)
+    if empty:
+        labels_from += f"; folders without images left out: {', '.join(empty)}"
+    files, labels = [], []
+    for folder, class_id in zip(folders, ids, strict=True):
+        files += images[folder]
+        labels += [class_id] * len(images[folder])
     if shape is not None and len(shape) == 3 and shape[0] in (1, 3):
         channels = channels or shape[0]
         size = size or tuple(shape[1:])
@@ -154,18 +162,45 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
         first = read_image(files[0], size, channels)  # the first image decides, as in explain
         size, channels = size or first.shape[:2], channels or first.shape[2]
     one = (channels, *size)
+    # Checked once here: a wrong count would otherwise fail on every image alike.
+    _normalise(torch.zeros(1, *one), mean, std, f"the images in {str(path)!r}")
     errors: dict[int, str] = {}
     dataset = _Images(files, torch.tensor(labels), size, channels, mean, std, one, errors)
     names = [str(f) for f in files]
     return DataFiles(dataset, True, names, [f.name for f in folders], errors, labels_from)
 
 
-def _folder_ids(names: list[str], class_names: Sequence[str] | None) -> tuple[list[int], str]:
-    if class_names is not None and all(n in class_names for n in names):
-        return [list(class_names).index(n) for n in names], "folder names = the model's classes"
-    if all(n.isdigit() for n in names):
+def _folder_ids(
+    names: list[str], class_names: Sequence[str] | None, path: Path
+) -> tuple[list[int], str]:
+    """Each folder's class id, and how it was found; a folder set that matches half a rule is
+    refused rather than numbered in sorted order."""
+    if class_names is not None:
+        known = list(class_names)
+        matched = [n for n in names if n in known]
+        if matched and len(matched) < len(names):
+            strangers = [n for n in names if n not in known]
+            raise ValueError(
+                f"DATA: in {str(path)!r}, folders {matched} are the model's class names but "
+                f"{strangers} are not (its classes: {_some(known)}); rename or remove those "
+                "folders, or give --class-names"
+            )
+        if matched:
+            return [known.index(n) for n in names], "folder names = the model's classes"
+    numbers = [n for n in names if n.isdigit()]
+    if numbers and len(numbers) < len(names):
+        strangers = [n for n in names if not n.isdigit()]
+        raise ValueError(
+            f"DATA: in {str(path)!r}, folders {numbers} are class ids but {strangers} are not; "
+            "rename or remove those folders (or name every folder by its class)"
+        )
+    if numbers:
         return [int(n) for n in names], "folder names = class ids"
     return list(range(len(names))), "folders in sorted order = classes 0, 1, ..."
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:

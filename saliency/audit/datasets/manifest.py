@@ -36,6 +36,7 @@ from .shards import dumps
 
 __all__ = [
     "FORMAT",
+    "Unreadable",
     "describe",
     "differences",
     "digest",
@@ -136,8 +137,14 @@ def differences(old: object, new: object, path: str = "") -> list[str]:
     return []
 
 
+class Unreadable(ValueError):
+    """A manifest that is empty or garbled: the run writing it was cut off (a power cut before
+    the file reached the disk)."""
+
+
 def read(out_dir: Path) -> dict | None:
-    """The manifest in ``out_dir``, None when there is none; an error when it is not ours."""
+    """The manifest in ``out_dir``, None when there is none; an error when it is garbled
+    (:class:`Unreadable`) or not ours."""
     path = out_dir / NAME
     try:
         text = path.read_text()
@@ -146,7 +153,11 @@ def read(out_dir: Path) -> dict | None:
     try:
         manifest = json.loads(text)
     except ValueError as e:
-        raise ValueError(f"out_dir: {str(path)!r} is not a readable manifest ({e})") from e
+        raise Unreadable(
+            f"out_dir: {str(path)!r} is empty or garbled ({e}): the run writing it was cut off "
+            "mid-write (a power cut?), so what it holds cannot be trusted; pass overwrite=True "
+            "to delete its results and start over, or choose another out_dir"
+        ) from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(
             f"out_dir: {str(path)!r} was not written by saliency.audit.run; choose another out_dir"

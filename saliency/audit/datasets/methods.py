@@ -26,7 +26,7 @@ import saliency
 from saliency.attribution import Attribution
 from saliency.methods import gradients, integrated_gradients, smoothgrad
 
-__all__ = ["MethodSpec", "call", "names", "resolve"]
+__all__ = ["MethodSpec", "bound", "call", "kind", "names", "resolve"]
 
 _OURS = (gradients, smoothgrad, integrated_gradients)
 _ALIASES = {"ig": "integrated_gradients"}
@@ -110,6 +110,24 @@ def call(
             f"{x.shape[0]}"
         )
     return a
+
+
+def kind(spec: MethodSpec) -> str | None:
+    """Which of this package's methods ``spec`` calls (``"gradients"``, ``"smoothgrad"``,
+    ``"integrated_gradients"``), through any partials; None for any other callable."""
+    base = _base(spec.func)
+    return base.__name__ if base in _OURS else None
+
+
+def bound(spec: MethodSpec, name: str) -> object:
+    """The value a ``functools.partial`` fixed for option ``name`` (the outermost wins), else
+    None."""
+    func = spec.func
+    while isinstance(func, functools.partial):
+        if name in func.keywords:
+            return func.keywords[name]
+        func = func.func
+    return None
 
 
 def _named(name: object) -> Callable[..., Attribution]:

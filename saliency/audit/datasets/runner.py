@@ -38,7 +38,7 @@ from .sources import Source, as_source
 
 __all__ = ["AuditRun", "run"]
 
-DEFAULT_METRICS = ("deletion", "class_sensitivity")
+DEFAULT_METRICS = arguments.DEFAULT_METRICS
 _PROBE = 8  # samples read first, to identify the data and probe the model
 _LOCK = ".lock"
 
@@ -85,7 +85,7 @@ def run(
     *,
     out_dir: str | os.PathLike,
     methods: str | Sequence[str] | dict[str, Callable] = "gradients",
-    metrics: Sequence[str] | Mapping[str, Sequence[str]] = DEFAULT_METRICS,
+    metrics: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     classes: Classes | str = None,
     batch_size: int | None = None,
     output: str | Callable = "logits",
@@ -129,6 +129,11 @@ def run(
         Names of per-sample metrics, for every method, or a dict method name -> names: the
         functions of :mod:`saliency.audit` (``deletion``, ``class_sensitivity``, ``margins``,
         ...) and ``"norms"`` (each row's L1 and L2 norm). Each row's ``score`` is always kept.
+        ``None``: ``deletion`` and ``class_sensitivity``, the latter only when each sample gets
+        2 classes or more. A metric that cannot measure a method's rows (``class_sensitivity``
+        with one class per sample, ``completeness`` for other methods than integrated
+        gradients, ``margins`` for other than plain gradients of every class, ``road`` on
+        samples that are not images) is refused before anything is written.
     classes
         As in :func:`saliency.class_jacobian` (all classes by default; per-sample id tensors are
         not accepted), or ``"label"``: each sample's label.
@@ -145,8 +150,10 @@ def run(
         can be huge. The size is estimated first, and a run that would not fit the free disk space
         is refused.
     strategy
-        The engine strategy for this package's methods. ``"auto"`` measures once, at the start of
-        the run, and every rank and every later launch reuses that choice.
+        The engine strategy for this package's methods, recorded in the manifest. ``"auto"``
+        takes ``"loop"`` (exact, the cost floor of reverse mode), never a timing: two launches
+        must make the same choice for their bytes to agree. Name another (``"vmap"`` is often
+        faster on a GPU) to go faster.
     metric_options
         Extra arguments per metric, e.g. ``{"deletion": {"steps": 10}}``.
     class_names, mean, std
@@ -266,10 +273,10 @@ class _Job:
     strategy: str
     config: dict
     device: torch.device
+    defaulted: bool  # metrics left to the run: the defaults, narrowed to the rows per sample
     plan: list[range] = field(default_factory=list)
     digest: str = ""
     fixed_strategy: dict = field(default_factory=dict)  # method name -> engine strategy or None
-    seen_good: bool = False  # a batch ran: a batch where every sample fails is then just bad data
     manifest: dict = field(default_factory=dict)  # the leader's
     done: set[int] = field(default_factory=set)  # the leader's view of the complete shards
     lock: object = None  # the leader's open lock file
@@ -308,6 +315,9 @@ class _Job:
         classes = arguments.check_classes(classes, source)
         budget = parse_memory(max_memory)
         method_list = method_specs.resolve(methods)
+        defaulted = metrics is None
+        if defaulted:  # narrowed once the model's outputs are known (prepare)
+            metrics = arguments.default_metrics(classes)
         metric_list = arguments.check_metrics(
             metrics, metric_options, [m.name for m in method_list]
         )
@@ -341,34 +351,36 @@ class _Job:
             strategy,
             config,
             _device(model),
+            defaulted,
         )
         job.plan = shards.plan(len(source), batch_size)
         return job
 
     # -- the leader, before any rank starts --------------------------------------------------
     def prepare(self, *, overwrite: bool) -> dict:
-        """Check the folder, write the manifest, fix the strategy; the shards still to do."""
-        folder = self.out / shards.SHARDS
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock()
-        shards.clean_temporary(folder)
-        shards.clean_temporary(self.out)
-        old = manifests.read(self.out)
+        """Check the data, the model and the arguments, then the folder; write the manifest and
+        fix the strategy; the shards still to do. Nothing is written before the checks pass."""
         # The first few samples, whatever the batch size: they identify the data and probe the
-        # model's outputs and the engine's strategy.
+        # model's outputs.
         first = range(0, min(len(self.source), _PROBE))
         _, x0, y0 = next(self.source.batches([first]))
         x0 = x0.to(self.device)
-        keep, _ = screen(self.model, x0, output=self.output, whole_batch_may_fail=True)
+        keep, _ = screen(
+            self.model, x0, output=self.output, whole_batch_may_fail=True, index=list(first)
+        )
         if not bool(keep.any()):
             raise ValueError(
                 f"data: none of the first {len(first)} samples can be explained (non-finite "
                 "inputs or outputs); check the data and the model"
             )
         probe = x0[keep.to(x0.device)]
-        probe_labels = y0[keep].to(self.device) if y0 is not None else None
         n_outputs = outputs(self.model, probe[:1], output=self.output).shape[1]
         arguments.check_ids(self.classes, n_outputs)
+        if self.defaulted:
+            self._keep_metrics(
+                {m.name: arguments.default_metrics(self.classes, n_outputs) for m in self.methods}
+            )
+        arguments.check_fit(self.metrics, self.methods, self.classes, n_outputs, x0.shape[1:])
         parts = {
             "config": self.config,
             "model": {
@@ -384,9 +396,24 @@ class _Job:
             },
             "versions": {"saliency": saliency.__version__, "torch": torch.__version__},
         }
+
+        folder = self.out / shards.SHARDS
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        shards.clean_temporary(folder)
+        shards.clean_temporary(self.out)
+        try:
+            old = manifests.read(self.out)
+        except manifests.Unreadable:
+            if not overwrite:
+                raise
+            self._delete_results()
+            old = None
         if old is not None:
             changed = manifests.differences({k: old.get(k) for k in parts}, parts)
-            if changed and not overwrite:
+            # A run that completed no shard has nothing to lose (a launch refused by a check
+            # of its first shard, say): another configuration simply starts afresh.
+            if changed and not overwrite and any(folder.glob("*.done.json")):
                 raise ValueError(
                     f"out_dir: {str(self.out)!r} holds a run made differently, so it cannot be "
                     f"resumed: {'; '.join(changed)}. Run again as before, choose another out_dir, "
@@ -395,9 +422,20 @@ class _Job:
             if changed:
                 self._delete_results()
                 old = None
-        self.fixed_strategy = old["strategy"] if old else self._choose_strategy(probe, probe_labels)
+        self.fixed_strategy = old["strategy"] if old else self._choose_strategy()
         self.digest = manifests.digest({**parts, "strategy": self.fixed_strategy})
         done = [i for i in range(len(self.plan)) if shards.complete(folder, i, self.digest)]
+        changed_data = self._changed_data(folder, done)
+        if changed_data:
+            if not overwrite:
+                raise ValueError(
+                    f"data: samples {', '.join(changed_data)} are not those their complete shards "
+                    f"in {str(self.out)!r} were made from (other inputs or labels), so the run "
+                    "cannot be resumed. Run again with the data as before, choose another "
+                    "out_dir, or pass overwrite=True to delete its results"
+                )
+            self._delete_results()
+            done, old = [], None
         todo = sorted(set(range(len(self.plan))) - set(done))
         estimate = self._estimate(todo, x0, n_outputs)
         whole = self._estimate(range(len(self.plan)), x0, n_outputs)
@@ -430,12 +468,36 @@ class _Job:
             "todo": todo,
             "digest": self.digest,
             "strategy": self.fixed_strategy,
+            "metrics": self.config["metrics"],
             "estimated_bytes": estimate,
         }
 
     def accept(self, prep: dict) -> None:
         """Take the leader's decisions (on the leader too, where they are already set)."""
         self.digest, self.fixed_strategy = prep["digest"], prep["strategy"]
+        self._keep_metrics(prep["metrics"])
+
+    def _keep_metrics(self, names: Mapping[str, Sequence[str]]) -> None:
+        """Keep, of each method's metrics, those in ``names`` (the defaults, once the model's
+        outputs are known)."""
+        self.metrics = {
+            method: [m for m in specs if m.name in names[method]]
+            for method, specs in self.metrics.items()
+        }
+        self.config["metrics"] = {
+            method: [m.name for m in specs] for method, specs in self.metrics.items()
+        }
+
+    def _changed_data(self, folder: Path, done: Sequence[int]) -> list[str]:
+        """The sample ranges of the complete shards whose data differ from what they were made
+        from: each is read again (no model call) and hashed."""
+        changed = []
+        for j, x, labels in self.source.batches([self.plan[i] for i in done]):
+            record = shards.read_record(folder, done[j])
+            if record["data"] != _data_digest(x, labels):
+                r = self.plan[done[j]]
+                changed.append(f"{r.start}-{r.stop - 1}")
+        return changed
 
     # -- every rank ------------------------------------------------------------------------------
     def compute(self, mine: list[int], r: Ranks, *, progress: bool, size: int) -> int:
@@ -470,17 +532,19 @@ class _Job:
         the whole batch whatever the classes, so the maps are those of the full run.
         """
         x = x.to(self.device)
-        keep, problems = screen(
-            self.model, x, output=self.output, whole_batch_may_fail=self.seen_good
-        )
         first = self.plan[i].start
+        # The leader's probe explained a sample of this data with this model (prepare): a batch
+        # whose samples all fail is bad data, skipped like any bad sample, on every rank and
+        # in every launch alike.
+        keep, problems = screen(
+            self.model, x, output=self.output, whole_batch_may_fail=True, index=self.plan[i]
+        )
         index = torch.tensor(list(self.plan[i]), dtype=torch.long)[keep]
         xs = x[keep.to(x.device)]
         ys = labels[keep].to(self.device) if labels is not None else None
         results = []
         if not xs.shape[0]:
             return index, ys, problems, results
-        self.seen_good = True
         for spec in self.methods:
             if only is not None and spec.name != only:
                 continue
@@ -541,8 +605,8 @@ class _Job:
                 tensors.update(cells(name, a, ys, predicted))
                 if self.keep_values:
                     path = folder / f"{stem}.{name}.safetensors"
-                    a.save(path)
-                    files[path.name] = {"bytes": path.stat().st_size}
+                    a.save(path)  # the same bytes every launch
+                    files[path.name] = shards.hashed(path)
             lines = json_lines(index, ys, predicted, results)
         # clone: metric fields may share memory (one that is the labels); safetensors refuses that
         blob = save({k: v.detach().cpu().clone() for k, v in tensors.items()})
@@ -556,6 +620,7 @@ class _Job:
                 "shard": i,
                 "samples": [first, self.plan[i].stop],
                 "config": self.digest,
+                "data": _data_digest(x, labels),
                 "files": files,
                 "skipped": skipped,
             },
@@ -603,6 +668,12 @@ class _Job:
         xs, maps, found = [], [], []
         for j, x, labels in self.source.batches([self.plan[i] for i in order]):
             i = order[j]
+            if shards.read_record(folder, i)["data"] != _data_digest(x, labels):
+                raise ValueError(
+                    f"data: samples {self.plan[i].start}-{self.plan[i].stop - 1} changed while "
+                    "the run was finishing (they are not those their shard was made from); run "
+                    "again with the data as it was, or pass overwrite=True to start over"
+                )
             kept = folder / f"{shards.stem(i)}.{method}.safetensors"
             if self.keep_values and kept.exists():
                 index = load_file(folder / f"{shards.stem(i)}.safetensors")["index"]
@@ -655,29 +726,17 @@ class _Job:
         for name in ("summary.json", "summary.safetensors", "report.html", manifests.NAME):
             (self.out / name).unlink(missing_ok=True)
 
-    def _choose_strategy(self, probe: torch.Tensor, labels) -> dict:
+    def _choose_strategy(self) -> dict:
         """The engine strategy of each of this package's methods, fixed for the whole run.
 
-        ``"auto"`` measures, and measurements vary: fixing the choice once keeps every shard's
-        bytes the same whichever rank or launch computes it.
+        ``"auto"`` is decided here without timing anything, as ``"loop"`` (exact, the floor of
+        reverse mode): a choice by timing differs from launch to launch, and so would the bytes
+        of every shard (strategies agree only to rounding). Named strategies are kept.
         """
         chosen = {}
         for spec in self.methods:
-            if not spec.takes_strategy or self.strategy != "auto":
-                chosen[spec.name] = self.strategy if spec.takes_strategy else None
-                continue
-            classes = labels[:, None] if self.classes == "label" else self.classes
-            a = method_specs.call(
-                spec,
-                self.model,
-                probe,
-                classes,
-                output=self.output,
-                max_memory=self.max_memory,
-                strategy="auto",
-                seed=self.seed,
-            )
-            chosen[spec.name] = a.params.get("strategy", "auto")
+            strategy = "loop" if self.strategy == "auto" else self.strategy
+            chosen[spec.name] = strategy if spec.takes_strategy else None
         return chosen
 
     def _estimate(self, todo: Sequence[int], x0: torch.Tensor, n_outputs: int) -> int:
@@ -709,6 +768,11 @@ def _seeded(spec: method_specs.MethodSpec, job: _Job, first: int) -> Callable[..
         return spec.func(model, x, classes, **options)
 
     return method
+
+
+def _data_digest(x: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """The digest of a shard's inputs and labels as read, before any sample is left out."""
+    return manifests.tensor_digest(x.detach().cpu(), None if labels is None else labels.cpu())
 
 
 def _device(model: Callable) -> torch.device:

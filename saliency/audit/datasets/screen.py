@@ -17,7 +17,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,12 +33,14 @@ def screen(
     *,
     output: object,
     whole_batch_may_fail: bool = False,
+    index: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, dict[int, str]]:
     """Which samples of ``x`` to explain (bool ``[B]``), and why each other one is left out.
 
     When every sample fails on its own, the fault is the model's or the data's form, not a few
-    samples': the batch's error is raised, unless ``whole_batch_may_fail`` (earlier batches ran,
-    so this one is merely all bad).
+    samples': the batch's error is raised, unless ``whole_batch_may_fail`` (some sample of the
+    data is known to pass, so this batch is merely all bad). ``index`` holds the data set's
+    number of each sample of ``x``: a raised error names those, not positions in the batch.
     """
     keep = torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(1).cpu()
     problems = {i: "the input holds NaN or inf" for i in (~keep).nonzero().flatten().tolist()}
@@ -55,11 +58,30 @@ def screen(
             except ValueError as e:
                 failed[i] = _reason(e)
         if not failed or (len(failed) == len(rows) and not whole_batch_may_fail):
-            raise batch_error
+            if index is None:
+                raise batch_error
+            raise ValueError(_renumbered(str(batch_error), rows, index)) from batch_error
     for i, reason in failed.items():
         keep[i] = False
         problems[i] = reason
     return keep, dict(sorted(problems.items()))
+
+
+def _renumbered(message: str, rows: list[int], index: Sequence[int]) -> str:
+    """``message`` about the batch ``x[rows]``, its sample numbers made the data set's."""
+    numbers = [int(index[r]) for r in rows]
+
+    def replace(found: re.Match) -> str:
+        positions = [int(p) for p in found.group(1).split(",") if p.strip()]
+        if not all(0 <= p < len(numbers) for p in positions):
+            return found.group(0)
+        return "samples [" + ", ".join(str(numbers[p]) for p in positions) + "]"
+
+    renamed, count = re.subn(r"samples \[([\d, ]+)\]", replace, message)
+    if count:
+        return renamed
+    span = f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+    return f"data: samples {span}: {message}"
 
 
 def _reason(error: Exception) -> str:

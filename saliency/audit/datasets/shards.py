@@ -3,8 +3,9 @@
 Shard ``i`` holds samples ``[i * size, (i + 1) * size)``, whatever the number of ranks, so every
 result depends on the data, the configuration and the seed only. A shard's files are written
 atomically, its completion record last: the record lists every file with its size and SHA-256,
-so a shard counts as complete only when all its files are there, whole, and made with this
-configuration (a power cut that truncates a renamed file is caught too).
+and the digest of the inputs and labels the shard was made from, so a shard counts as complete
+only when all its files are there, whole, and made with this configuration (a power cut that
+truncates a renamed file is caught too), and its data can be checked when read again.
 
 Examples
 --------
@@ -34,6 +35,7 @@ __all__ = [
     "complete",
     "compress",
     "dumps",
+    "hashed",
     "plan",
     "read_record",
     "shard_seed",
@@ -74,6 +76,12 @@ def write_file(folder: Path, name: str, data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def hashed(path: Path) -> dict:
+    """The record entry of a file already written (atomically) at ``path``."""
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def write_record(folder: Path, shard: int, record: dict) -> None:
     """Write the completion record of ``shard``, the last of its files."""
     write_file(folder, f"{stem(shard)}.done.json", dumps(record).encode())
@@ -88,16 +96,15 @@ def read_record(folder: Path, shard: int) -> dict | None:
 
 
 def complete(folder: Path, shard: int, digest: str) -> bool:
-    """Whether ``shard`` has a record made with configuration ``digest`` and all its files whole."""
+    """Whether ``shard`` has a record made with configuration ``digest``, naming the digest of
+    its data, with all its files whole."""
     record = read_record(folder, shard)
-    if record is None or record.get("config") != digest:
+    if record is None or record.get("config") != digest or not isinstance(record.get("data"), str):
         return False
-    for name, entry in record.get("files", {}).items():
+    for name, recorded in record.get("files", {}).items():
         path = folder / name
         try:
-            if path.stat().st_size != entry["bytes"]:
-                return False
-            if "sha256" in entry and _sha256(path) != entry["sha256"]:
+            if path.stat().st_size != recorded["bytes"] or _sha256(path) != recorded["sha256"]:
                 return False
         except (OSError, KeyError, TypeError):
             return False
