@@ -1,12 +1,12 @@
 """What the engine learns about a model from two tiny forward passes, cached per model and state.
 
-The probe runs the model on the first sample and on the first two, guarded, under saved-tensor
-hooks. It measures the bytes one sample's forward pass saves for the backward pass (planning
-needs them before any real chunk runs), the number of outputs, the shape of the differentiated
-tensor (the input, or a layer's output), and which ``nn.Linear`` produced the scores (the
-``head`` strategy's candidate). Comparing the first sample's scores alone and inside the pair
-shows randomness (two passes on the same sample differ) and coupling between samples, both of
-which make per-sample gradients meaningless; they are refused here.
+The probe runs the model on the first sample, guarded, under saved-tensor hooks. It measures the
+bytes one sample's forward pass saves for the backward pass (planning needs them before any real
+chunk runs), the number of outputs, the shape of the differentiated tensor (the input, or a
+layer's output), and which ``nn.Linear`` produced the scores (the ``head`` strategy's candidate).
+Two more passes without a graph compare the first sample's scores alone and inside a pair (with
+the same random numbers: coupling between samples) and alone again (with other random numbers:
+randomness), both of which make per-sample gradients meaningless; they are refused here.
 
 The cache is keyed on the modules behind the callable (see :mod:`.identity`), the shapes, dtypes
 and devices, the output, the layer, and the state of every module (object and train/eval
@@ -184,10 +184,9 @@ def _measure(p: Problem) -> Probe:
         # The same random numbers for both passes: a difference can only be coupling.
         with _fresh_draws(p.x.device):
             state = _rng_state(p.x.device)
-            one, act1, calls, leaf = _pass(p, 1, exclude)
+            one, act, calls, leaf = _pass(p, 1, exclude)
             _set_rng_state(p.x.device, state)
-            two, act2, _, _ = _pass(p, min(2, p.batch), exclude)
-        act = (max(act2 - act1, 0) or act1) if p.batch >= 2 else act1
+            two = _look(p, min(2, p.batch))
     except GuardError:
         raise
     except Exception as error:
@@ -199,7 +198,7 @@ def _measure(p: Problem) -> Probe:
     if not p.allow_random:
         with _fresh_draws(p.x.device):  # the caller's random state is left as it was
             torch.rand(1, device=p.x.device)  # other numbers than the first pass drew
-            again = _pass(p, 1, set())[0]
+            again = _look(p, 1)
         _refuse_random(one, again)
     head, width = None, 0
     lin = _head_of(one, calls, builtin=p.transform is not None)
@@ -242,6 +241,13 @@ def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch
         result = run(p, xs, slice(0, n), value=value)
     leaf = xs if p.layer is None else result.value
     return result, sum(seen.values()), linears.calls, leaf
+
+
+def _look(p: Problem, n: int) -> Pass:
+    """The first ``n`` samples' scores, guarded, without a graph (for comparisons only)."""
+    value = None if p.layer_value is None else p.layer_value[:n]
+    with torch.no_grad():
+        return run(p, p.x[:n].detach().clone(), slice(0, n), value=value)
 
 
 class _Linears:
