@@ -572,6 +572,71 @@ def test_a_buffer_replaced_in_training_mode_is_put_back():
     assert m[1].mean is original and not original.any()
 
 
+def test_coupled_samples_are_named_as_coupling_not_randomness():
+    # One comparison pass checks both at once; a difference is then told apart.
+    lin = nn.Linear(4, 3)
+    with pytest.raises(GuardError, match="other samples in its batch"):
+        saliency.class_jacobian(lambda t: lin(t - t.mean(0)), torch.randn(5, 4))
+    noisy = lambda t: lin(t - t.mean(0) + 0.1 * torch.randn_like(t))  # noqa: E731
+    with pytest.raises(GuardError, match="other samples in its batch"):
+        saliency.class_jacobian(noisy, torch.randn(5, 4))
+
+
+def test_the_probe_leaves_the_callers_random_numbers_alone():
+    lin = nn.Linear(4, 3)
+    model = lambda t: lin(t) + 0 * torch.rand(1)  # noqa: E731 (draws, yet is deterministic)
+    x = torch.randn(2, 4)
+    after = []
+    for _ in range(2):  # measured by the probe, then from the cache: the same draws remain
+        torch.manual_seed(3)
+        saliency.class_jacobian(model, x, strategy="loop")
+        after.append(torch.rand(5))
+    assert torch.equal(after[0], after[1])
+
+
+def test_a_graph_that_reaches_x_without_a_gradient_is_named():
+    class Blocked(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return None
+
+    lin = nn.Linear(4, 3)
+    for strategy in ["loop", "vmap", "auto"]:
+        with pytest.raises(ValueError, match="no gradient with respect to"):
+            saliency.class_jacobian(
+                lambda t: lin(Blocked.apply(t)), torch.randn(5, 4), strategy=strategy
+            )
+
+
+def test_graph_reachability_agrees_with_autograd():
+    from saliency.engine.probe import _reaches
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, requires_grad=True)
+    x = torch.randn(2, 3, requires_grad=True)
+    h = x @ w
+    cases = {
+        "through": lambda: (h.tanh() * 2).sum(1),
+        "detached": lambda: (h.detach() @ w).sum(1),
+        "parameters only": lambda: w.sum(0).expand(2, 3),
+        "one live branch": lambda: h.detach() + torch.sin(x),
+        "index": lambda: h[:, [0, 2]],
+        "no graph": lambda: x.detach() * 3,
+    }
+    for name, make in cases.items():
+        out = make()
+        if out.requires_grad:
+            (g,) = torch.autograd.grad(out.sum(), x, allow_unused=True, retain_graph=True)
+        else:
+            g = None
+        assert _reaches(out, x) == (g is not None), name
+    assert _reaches(h.exp(), h) and not _reaches(x * 2, h)
+
+
 def test_allow_random_still_refuses_coupled_samples():
     lin = nn.Linear(4, 3)
     with pytest.raises(GuardError, match="other samples"):

@@ -768,6 +768,11 @@ def _explained(error: RuntimeError, name: str, p: Problem) -> Exception:
             "PyTorch limitation). Use strategy='loop' (without create_graph), or build the model "
             "with plain attention: for HuggingFace models, attn_implementation='eager'"
         )
+    if "appears to not have been used in the graph" in text:  # the graph reaches x, no gradient
+        return ValueError(
+            "model: its output has no gradient with respect to what is differentiated (a "
+            "custom autograd Function returning None for it, say), so there is nothing to explain"
+        )
     return error
 
 

@@ -4,9 +4,11 @@ The probe runs the model on the first sample, guarded, under saved-tensor hooks.
 bytes one sample's forward pass saves for the backward pass (planning needs them before any real
 chunk runs), the number of outputs, the shape of the differentiated tensor (the input, or a
 layer's output), and which ``nn.Linear`` produced the scores (the ``head`` strategy's candidate).
-Two more passes without a graph compare the first sample's scores alone and inside a pair (with
-the same random numbers: coupling between samples) and alone again (with other random numbers:
-randomness), both of which make per-sample gradients meaningless; they are refused here.
+One more pass, without a graph, compares the first sample's scores alone and inside a pair,
+drawing other random numbers: a sample whose scores change with its batch (coupling) or with the
+random numbers (randomness) would make per-sample gradients meaningless, so both are refused here
+(when the scores differ, a pass with the first pass's random numbers tells which). Whether the
+scores depend on what is differentiated at all is read off the graph, without a backward pass.
 
 The cache is keyed on the modules behind the callable (see :mod:`.identity`), the shapes, dtypes
 and devices, the output, the layer, and the state of every module (object and train/eval
@@ -25,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .forward import GuardError, Pass, refuse_unconnected, run
@@ -179,14 +182,29 @@ def forget(model: object | None = None) -> None:
 
 
 def _measure(p: Problem) -> Probe:
-    exclude = {_ptr(t) for root in p.owners for t in (*root.parameters(), *root.buffers())}
+    exclude = {
+        _ptr(t)
+        for root in p.owners
+        for m in _walk(root)
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
+    }
     try:
-        # The same random numbers for both passes: a difference can only be coupling.
-        with _fresh_draws(p.x.device):
+        with _fresh_draws(p.x.device):  # the caller's random state is left as it was
             state = _rng_state(p.x.device)
             one, act, calls, leaf = _pass(p, 1, exclude)
-            _set_rng_state(p.x.device, state)
+            if p.allow_random:  # the same random numbers: a difference can only be coupling
+                _set_rng_state(p.x.device, state)
             two = _look(p, min(2, p.batch))
+            if _differs(one.scores, two.scores[:1]) is not None:
+                if p.allow_random:
+                    _refuse_coupled(one, two)
+                # Other random numbers and another batch at once, so one pass usually settles
+                # both questions; when it does not, the same numbers tell which it was.
+                _set_rng_state(p.x.device, state)
+                same = _look(p, min(2, p.batch))
+                _refuse_coupled(one, same)
+                _refuse_random(one, two)
     except GuardError:
         raise
     except Exception as error:
@@ -194,12 +212,6 @@ def _measure(p: Problem) -> Probe:
         raise
     refuse_unconnected(one.scores, p)
     _refuse_unused(one.scores, leaf, p)
-    _refuse_coupled(one, two)
-    if not p.allow_random:
-        with _fresh_draws(p.x.device):  # the caller's random state is left as it was
-            torch.rand(1, device=p.x.device)  # other numbers than the first pass drew
-            again = _look(p, 1)
-        _refuse_random(one, again)
     head, width = None, 0
     lin = _head_of(one, calls, builtin=p.transform is not None)
     if lin is not None:
@@ -311,8 +323,7 @@ def _refuse_random(one: Pass, again: Pass) -> None:
 
 def _refuse_unused(scores: torch.Tensor, leaf: torch.Tensor, p: Problem) -> None:
     """A clear error when the scores have a graph, but not to what is differentiated."""
-    (g,) = torch.autograd.grad(scores.sum(), leaf, allow_unused=True)
-    if g is None:
+    if not _reaches(scores, leaf):
         what = "x"
         if p.layer is not None:
             what = (
@@ -324,6 +335,24 @@ def _refuse_unused(scores: torch.Tensor, leaf: torch.Tensor, p: Problem) -> None
             "(for example argmax, one-hot, .detach(), or torch.no_grad inside the model), so "
             "there is no gradient to explain"
         )
+
+
+def _reaches(out: torch.Tensor, leaf: torch.Tensor) -> bool:
+    """Whether ``out``'s graph leads to ``leaf``: exactly when a backward pass would give it a
+    gradient rather than ``None``, found by walking the graph instead of running one."""
+    if out.grad_fn is None or not leaf.requires_grad:
+        return False
+    target = get_gradient_edge(leaf).node
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions)
+    return False
 
 
 @contextmanager
