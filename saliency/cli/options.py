@@ -1,0 +1,114 @@
+"""The command's options read into the library's arguments, and checked in the command's words."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+from ..engine import parse_memory
+from ..io import LoadedModel
+from ..methods import Method, gradients, integrated_gradients, smoothgrad
+from ..models.data import TEXT_DATASETS
+from ..targets import Classes, Contrast, TopK, top_k
+
+# The one table of methods: each name, and how the command builds it from its options. Both
+# explain and audit take --method from here. A seed of None is left to the caller (audit derives
+# one per shard).
+METHODS: dict[str, Callable[[argparse.Namespace], Method]] = {
+    "gradients": lambda args: gradients,
+    "smoothgrad": lambda args: functools.partial(
+        smoothgrad,
+        n_samples=args.n_samples,
+        noise=args.noise,
+        **({} if args.seed is None else {"seed": args.seed}),
+    ),
+    "ig": lambda args: functools.partial(integrated_gradients, steps=args.steps),
+}
+
+
+def parse_classes(text: str) -> Classes:
+    """``all`` -> every class, ``top3`` -> the 3 highest, ``4`` or ``1,5,7`` -> those ids.
+
+    Examples
+    --------
+    >>> parse_classes("all") is None, parse_classes("top2"), parse_classes("1,5")
+    (True, TopK(k=2), [1, 5])
+    """
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    if text.startswith("top") and text[3:].isdigit():
+        if int(text[3:]) < 1:
+            raise ValueError(f"--classes: topN needs N >= 1 (top1, top3, ...), got {text!r}")
+        return top_k(int(text[3:]))
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        ids = []
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--classes: each class once, got {text!r}")
+    if not ids:
+        raise ValueError(
+            f"--classes: expected 'all', 'topN' or class ids like '3' or '1,5,7', got {text!r}"
+        )
+    return ids
+
+
+def read_class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
+    if path is None:
+        return list(loaded.class_names) if loaded.class_names else None
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise FileNotFoundError(f"--class-names: cannot read {path!r}: {error}") from error
+    return [line.strip() for line in lines if line.strip()]
+
+
+def refuse_text_model(model: str, command: str) -> None:
+    if model in TEXT_DATASETS:
+        raise ValueError(
+            f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
+            "images and feature vectors. Explain its tokens in Python: "
+            "saliency.integrated_gradients(model, ids, layer=model.embedding, baseline=0), then "
+            "saliency.token_scores and saliency.viz.tokens (see the docs' Text page)"
+        )
+
+
+def check_out(out: Path) -> None:
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"--out: {str(folder)!r} is a file, not a folder")
+            break
+
+
+def check_free(paths: list[Path], overwrite: bool) -> None:
+    taken = [str(p) for p in paths if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(17, "exists", taken[0])
+
+
+def read_memory(text: str | None) -> int | None:
+    try:
+        return parse_memory(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"--max-memory: could not read {text!r}; expected a size such as 512MB, 2GB or 1.5GiB"
+        ) from e
+
+
+def check_classes(classes: Classes, text: str | None, n_out: int) -> None:
+    """``--classes`` against the model's number of outputs, in the command's words."""
+    if isinstance(classes, TopK) and classes.k > n_out:
+        raise ValueError(f"--classes {text} asks for more classes than the model's {n_out} outputs")
+    ids = classes if isinstance(classes, list) else []
+    if isinstance(classes, Contrast):
+        ids = [*classes.a, *classes.b]
+    bad = [c for c in ids if not 0 <= c < n_out]
+    if bad:
+        raise ValueError(
+            f"--classes {text}: {', '.join(map(str, bad))} out of range for the model's {n_out} "
+            f"outputs (ids 0 to {n_out - 1})"
+        )
