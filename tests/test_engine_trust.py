@@ -626,15 +626,24 @@ def test_graph_reachability_agrees_with_autograd():
         "one live branch": lambda: h.detach() + torch.sin(x),
         "index": lambda: h[:, [0, 2]],
         "no graph": lambda: x.detach() * 3,
+        "x itself": lambda: x,
+        "another leaf": lambda: w,
     }
     for name, make in cases.items():
         out = make()
         if out.requires_grad:
             (g,) = torch.autograd.grad(out.sum(), x, allow_unused=True, retain_graph=True)
+            if name == "x itself":
+                assert g is not None
         else:
             g = None
         assert _reaches(out, x) == (g is not None), name
     assert _reaches(h.exp(), h) and not _reaches(x * 2, h)
+    # The scores may be the differentiated tensor itself: an identity model, or the last layer.
+    eye = torch.eye(3).expand(2, 3, 3)
+    assert torch.equal(saliency.class_jacobian(nn.Identity(), x.detach()), eye)
+    net = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    assert torch.equal(saliency.class_jacobian(net, x.detach(), layer="1"), eye)
 
 
 def test_allow_random_still_refuses_coupled_samples():

@@ -340,6 +340,8 @@ def _refuse_unused(scores: torch.Tensor, leaf: torch.Tensor, p: Problem) -> None
 def _reaches(out: torch.Tensor, leaf: torch.Tensor) -> bool:
     """Whether ``out``'s graph leads to ``leaf``: exactly when a backward pass would give it a
     gradient rather than ``None``, found by walking the graph instead of running one."""
+    if out is leaf:  # an identity model, or a layer whose output is the scores
+        return leaf.requires_grad
     if out.grad_fn is None or not leaf.requires_grad:
         return False
     target = get_gradient_edge(leaf).node
