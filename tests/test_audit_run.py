@@ -585,3 +585,19 @@ def test_a_seeded_smoothgrad_in_a_run_has_no_sensitivity_at_radius_zero(tmp_path
     )  # fmt: skip
     column = result.summary["methods"]["sg"]["columns"]["sensitivity_max.sensitivity"]["all"]
     assert column["count"] == 36 and column["max"] == 0.0
+
+
+def test_an_error_that_no_sample_explains_is_raised_as_it_was(tmp_path):
+    # Samples are screened only after a batch fails; when screening finds every sample fine,
+    # the batch's own error stands.
+    def picky(model, x, classes=None, **options):
+        if x.shape[0] > 2:
+            raise ValueError("picky: at most 2 samples per call")
+        return saliency.gradients(model, x, classes, **options)
+
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="picky: at most 2 samples"):
+        saliency.audit.run(
+            model, torch.randn(6, 3), out_dir=tmp_path, methods={"picky": picky},
+            metrics=["norms"], **FAST,
+        )  # fmt: skip

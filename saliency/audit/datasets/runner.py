@@ -33,7 +33,7 @@ from . import methods as method_specs
 from . import metrics as metric_specs
 from .distributed import Ranks, ranks
 from .rows import cells, json_lines, wanted
-from .screen import screen
+from .screen import finite_inputs, screen
 from .sources import Source, as_source
 
 __all__ = ["AuditRun", "run"]
@@ -532,13 +532,24 @@ class _Job:
         the whole batch whatever the classes, so the maps are those of the full run.
         """
         x = x.to(self.device)
+        keep, problems = finite_inputs(x)
+        try:
+            return self._explain_kept(i, x, labels, keep, problems, only, rows)
+        except ValueError:
+            # A sample whose scores are NaN or inf stops the whole batch. Only now, one pass
+            # finds such samples (more when the batch fails as a whole), and the rest goes on.
+            # The leader's probe explained a sample of this data with this model (prepare): a
+            # batch whose samples all fail is bad data, skipped like any bad sample, on every
+            # rank and in every launch alike.
+            screened, why = screen(
+                self.model, x, output=self.output, whole_batch_may_fail=True, index=self.plan[i]
+            )
+            if torch.equal(screened, keep):
+                raise  # not about samples: the error stands
+            return self._explain_kept(i, x, labels, screened, why, only, rows)
+
+    def _explain_kept(self, i, x, labels, keep, problems, only, rows):
         first = self.plan[i].start
-        # The leader's probe explained a sample of this data with this model (prepare): a batch
-        # whose samples all fail is bad data, skipped like any bad sample, on every rank and
-        # in every launch alike.
-        keep, problems = screen(
-            self.model, x, output=self.output, whole_batch_may_fail=True, index=self.plan[i]
-        )
         index = torch.tensor(list(self.plan[i]), dtype=torch.long)[keep]
         xs = x[keep.to(x.device)]
         ys = labels[keep].to(self.device) if labels is not None else None

@@ -24,7 +24,7 @@ import torch
 
 from saliency.engine import outputs
 
-__all__ = ["screen"]
+__all__ = ["finite_inputs", "screen"]
 
 
 def screen(
@@ -42,8 +42,7 @@ def screen(
     data is known to pass, so this batch is merely all bad). ``index`` holds the data set's
     number of each sample of ``x``: a raised error names those, not positions in the batch.
     """
-    keep = torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(1).cpu()
-    problems = {i: "the input holds NaN or inf" for i in (~keep).nonzero().flatten().tolist()}
+    keep, problems = finite_inputs(x)
     rows = keep.nonzero().flatten().tolist()
     if not rows:
         return keep, problems
@@ -65,6 +64,13 @@ def screen(
         keep[i] = False
         problems[i] = reason
     return keep, dict(sorted(problems.items()))
+
+
+def finite_inputs(x: torch.Tensor) -> tuple[torch.Tensor, dict[int, str]]:
+    """The samples whose inputs are finite (bool ``[B]``), and why each other one is left out:
+    the part of :func:`screen` that needs no forward pass."""
+    keep = torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(1).cpu()
+    return keep, {i: "the input holds NaN or inf" for i in (~keep).nonzero().flatten().tolist()}
 
 
 def _renumbered(message: str, rows: list[int], index: Sequence[int]) -> str:
