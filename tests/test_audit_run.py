@@ -601,3 +601,29 @@ def test_an_error_that_no_sample_explains_is_raised_as_it_was(tmp_path):
             model, torch.randn(6, 3), out_dir=tmp_path, methods={"picky": picky},
             metrics=["norms"], **FAST,
         )  # fmt: skip
+
+
+def test_nan_outputs_are_skipped_even_when_the_method_lets_them_through(tmp_path):
+    class NanOnNegativeFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            out = self.linear(x)
+            return torch.where(x[:, :1] < -5, torch.full_like(out, float("nan")), out)
+
+    def tolerant(model, x, classes=None, **options):  # a caller's method that never checks
+        with torch.no_grad():
+            out = model(x)
+        ids = torch.zeros(x.shape[0], 1, dtype=torch.long)
+        return saliency.Attribution(x[:, None].clone(), ids, out, "gradients", {})
+
+    x = torch.randn(8, 3)
+    x[4, 0] = -10.0
+    run = saliency.audit.run(
+        NanOnNegativeFirst(), x, out_dir=tmp_path, methods={"tolerant": tolerant},
+        metrics=["norms"], batch_size=4, report=False,
+    )  # fmt: skip
+    assert list(run.skipped) == [4] and "output" in run.skipped[4]
+    assert run.summary["explained"] == 7

@@ -582,6 +582,13 @@ def test_coupled_samples_are_named_as_coupling_not_randomness():
         saliency.class_jacobian(noisy, torch.randn(5, 4))
 
 
+def test_a_random_model_cut_from_x_is_told_the_real_problem_first():
+    lin = nn.Linear(4, 3)
+    noisy_detached = lambda t: lin(t).detach() + 0.1 * torch.randn(len(t), 3)  # noqa: E731
+    with pytest.raises(ValueError, match="does not depend on x"):
+        saliency.class_jacobian(noisy_detached, torch.randn(5, 4))
+
+
 def test_the_probe_leaves_the_callers_random_numbers_alone():
     lin = nn.Linear(4, 3)
     model = lambda t: lin(t) + 0 * torch.rand(1)  # noqa: E731 (draws, yet is deterministic)

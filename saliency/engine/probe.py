@@ -189,10 +189,14 @@ def _measure(p: Problem) -> Probe:
         for t in (*m._parameters.values(), *m._buffers.values())
         if t is not None
     }
-    try:
-        with _fresh_draws(p.x.device):  # the caller's random state is left as it was
-            state = _rng_state(p.x.device)
+    with _fresh_draws(p.x.device):  # the caller's random state is left as it was
+        state = _rng_state(p.x.device)
+        with _failures_explained(p):
             one, act, calls, leaf = _pass(p, 1, exclude)
+        # What the scores are made of first: a model refused for that needs no comparison.
+        refuse_unconnected(one.scores, p)
+        _refuse_unused(one.scores, leaf, p)
+        with _failures_explained(p):
             if p.allow_random:  # the same random numbers: a difference can only be coupling
                 _set_rng_state(p.x.device, state)
             two = _look(p, min(2, p.batch))
@@ -205,13 +209,6 @@ def _measure(p: Problem) -> Probe:
                 same = _look(p, min(2, p.batch))
                 _refuse_coupled(one, same)
                 _refuse_random(one, two)
-    except GuardError:
-        raise
-    except Exception as error:
-        _explain_failure(p, error)
-        raise
-    refuse_unconnected(one.scores, p)
-    _refuse_unused(one.scores, leaf, p)
     head, width = None, 0
     lin = _head_of(one, calls, builtin=p.transform is not None)
     if lin is not None:
@@ -384,6 +381,18 @@ def _differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
     gap = float((a - b).abs().max())
     scale = max(float(a.abs().max()), float(b.abs().max()), 1e-30)
     return gap if gap > 1e-4 * scale + 1e-6 else None
+
+
+@contextmanager
+def _failures_explained(p: Problem) -> Iterator[None]:
+    """A model's own error on the probe's samples, explained on the caller's batch."""
+    try:
+        yield
+    except GuardError:
+        raise
+    except Exception as error:
+        _explain_failure(p, error)
+        raise
 
 
 def _explain_failure(p: Problem, error: Exception) -> None:

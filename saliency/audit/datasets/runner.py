@@ -572,6 +572,12 @@ class _Job:
                 strategy=self.fixed_strategy.get(spec.name),
                 seed=shards.shard_seed(self.seed, first, spec.name),
             )
+            if not bool(torch.isfinite(a.outputs.detach()).all()):
+                # A method of the caller's may pass NaN scores on: screening names the samples.
+                raise ValueError(
+                    f"methods: {spec.name!r} returned outputs holding NaN or inf for samples "
+                    f"{first}-{self.plan[i].stop - 1}"
+                )
             columns = {"score": a.outputs.detach().gather(1, a.classes.to(a.outputs.device))}
             batch = metric_specs.Batch(
                 self.model,
