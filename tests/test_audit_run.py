@@ -217,19 +217,22 @@ def test_non_finite_samples_are_skipped_and_named(digits, tmp_path):
     assert {r["index"] for r in _rows(tmp_path)} == set(range(24)) - {3, 9}
 
 
+class _NanOnNegativeFirst(torch.nn.Module):
+    """A linear model whose outputs are NaN for samples with a very negative first feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        out = self.linear(x)
+        return torch.where(x[:, :1] < -5, torch.full_like(out, float("nan")), out)
+
+
 def test_nan_output_is_skipped(tmp_path):
-    class NanOnNegativeFirst(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(3, 2)
-
-        def forward(self, x):
-            out = self.linear(x)
-            return torch.where(x[:, :1] < -5, torch.full_like(out, float("nan")), out)
-
     x = torch.randn(6, 3)
     x[4, 0] = -10.0
-    run = saliency.audit.run(NanOnNegativeFirst(), x, out_dir=tmp_path, metrics=["norms"], **FAST)
+    run = saliency.audit.run(_NanOnNegativeFirst(), x, out_dir=tmp_path, metrics=["norms"], **FAST)
     assert list(run.skipped) == [4] and "output" in run.skipped[4]
     assert run.summary["explained"] == 5
 
@@ -604,15 +607,6 @@ def test_an_error_that_no_sample_explains_is_raised_as_it_was(tmp_path):
 
 
 def test_nan_outputs_are_skipped_even_when_the_method_lets_them_through(tmp_path):
-    class NanOnNegativeFirst(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(3, 2)
-
-        def forward(self, x):
-            out = self.linear(x)
-            return torch.where(x[:, :1] < -5, torch.full_like(out, float("nan")), out)
-
     def tolerant(model, x, classes=None, **options):  # a caller's method that never checks
         with torch.no_grad():
             out = model(x)
@@ -622,7 +616,7 @@ def test_nan_outputs_are_skipped_even_when_the_method_lets_them_through(tmp_path
     x = torch.randn(8, 3)
     x[4, 0] = -10.0
     run = saliency.audit.run(
-        NanOnNegativeFirst(), x, out_dir=tmp_path, methods={"tolerant": tolerant},
+        _NanOnNegativeFirst(), x, out_dir=tmp_path, methods={"tolerant": tolerant},
         metrics=["norms"], batch_size=4, report=False,
     )  # fmt: skip
     assert list(run.skipped) == [4] and "output" in run.skipped[4]
