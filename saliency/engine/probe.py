@@ -182,10 +182,10 @@ def forget(model: object | None = None) -> None:
 
 
 def _measure(p: Problem) -> Probe:
+    held = [m for root in p.owners for m in _walk(root)]
     exclude = {
         _ptr(t)
-        for root in p.owners
-        for m in _walk(root)
+        for m in held
         for t in (*m._parameters.values(), *m._buffers.values())
         if t is not None
     }
@@ -214,6 +214,7 @@ def _measure(p: Problem) -> Probe:
     if lin is not None:
         head, width = weakref.ref(lin), lin.in_features
     diff = one.value if p.layer is not None else p.x
+    modules = ran(one.watch)
     return Probe(
         act=act,
         classes=one.scores.shape[1],
@@ -221,9 +222,8 @@ def _measure(p: Problem) -> Probe:
         dtype=diff.dtype,
         head=head,
         width=width,
-        modules=ran(one.watch),
-        within=bool(p.owners)
-        and {key for key, _ in ran(one.watch)} <= {id(m) for r in p.owners for m in _walk(r)},
+        modules=modules,
+        within=bool(held) and {key for key, _ in modules} <= {id(m) for m in held},
     )
 
 

@@ -78,8 +78,7 @@ def write_file(folder: Path, name: str, data: bytes) -> dict:
 
 def hashed(path: Path) -> dict:
     """The record entry of a file already written (atomically) at ``path``."""
-    data = path.read_bytes()
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def write_record(folder: Path, shard: int, record: dict) -> None:
