@@ -82,7 +82,8 @@ def class_jacobian(
         The batch, never modified. Floating, of rank >= 2 (``[B, D]``, ``[B, C, H, W]``,
         ``[B, T, E]``, ...); with ``layer``, any tensor the model takes (token ids included).
     classes
-        ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples, a
+        ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples (each
+        once; a 1-D tensor as long as the batch is refused as Captum-style labels), a
         ``[B, K]`` long tensor of per-sample ids, :func:`saliency.top_k` or
         :func:`saliency.contrast`.
     output
