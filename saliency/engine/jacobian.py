@@ -623,6 +623,9 @@ class _Engine:
             raise _explained(error, name, self.p) from error
         if not self.p.create_graph:
             block = block.detach()
+        # One layout whatever the strategy (vmap's blocks are transposed views): a reduction
+        # over the result then adds in the same order, so the bits do not depend on the chunks.
+        block = block.contiguous()
         _check_gradients(block, cols, self.p)
         return block
 
@@ -649,11 +652,18 @@ class _Engine:
                 race.failed(name)  # e.g. an operator without a batching rule
                 continue
             race.record(name, width, seconds)
-            self.raced.append(block)
+            self.raced.append((name, cols, block))
             done += width
         self.strategy = self._remember(race.winner)
         self.plan = self._plan(self.strategy)
         self.race = None
+        # Strategies agree only to rounding: the loser's blocks are computed again by the winner,
+        # so that a call's bits do not depend on whether it was the first (the loser timed at
+        # most a few targets).
+        self.raced = [
+            block if name == self.strategy else self._block(self.strategy, chunk, cols)
+            for name, cols, block in self.raced
+        ]
         self.first_chunk = chunk  # every strategy but head can go on from its forward pass
         return first, done
 
