@@ -19,7 +19,7 @@ from torch import nn
 import saliency
 from saliency.engine import GuardError, evaluate, forget_strategy_choices
 
-STRATEGIES = ["loop", "vmap", "replicate", "forward", "head", "auto"]
+STRATEGIES = [*saliency.engine.STRATEGIES, "auto"]  # every strategy by its record
 
 
 @pytest.fixture(autouse=True)

@@ -90,8 +90,9 @@ def class_jacobian(
         ``"logits"`` (the scores as returned), ``"softmax"``, ``"log_softmax"``, or a callable
         applied to the model's raw output (an output object included) that returns ``[B, C]``.
     strategy
-        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or
-        ``"loop"``, ``"vmap"``, ``"replicate"``, ``"forward"``, ``"head"``.
+        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or the
+        name of a strategy of ``saliency.engine.STRATEGIES`` (``"loop"``, ``"vmap"``, ...; the
+        engine page describes each).
     max_memory
         Peak extra memory allowed, result included: bytes or a string like ``"512MB"``. Rows and
         classes are chunked to fit; a ``MemoryError`` is raised before any work if nothing fits.
@@ -451,7 +452,7 @@ class _Engine:
         if p.strategy != "auto":
             reason = self._refusal(STRATEGIES[p.strategy])
             if reason:
-                raise ValueError(f"strategy: {reason}; use 'loop', 'vmap' or 'auto'")
+                raise ValueError(f"strategy: {reason}; use {_others(p.strategy)} or 'auto'")
             return p.strategy
         self._key = None
         if self.ident is not None:
@@ -605,7 +606,7 @@ class _Engine:
             if self.p.strategy == name:
                 raise ValueError(
                     f"strategy={name!r} is not exact for this model: {self.head_reason}; use "
-                    "'loop', 'vmap' or 'auto' (auto falls back by itself)"
+                    f"{_others(name)} or 'auto' (auto falls back by itself)"
                 )
             return self._block(self.base, chunk, cols)
         try:
@@ -744,6 +745,13 @@ class _Engine:
                 parts.append(self._block(self.strategy, chunk, c))
                 ids.append(chunk.rows.ids[:, c])
             yield JacobianChunk(torch.cat(ids), torch.cat(parts))
+
+
+def _others(name: str) -> str:
+    """The strategies to suggest instead of ``name``: those that serve every model (the base and
+    the batched ones, by their records)."""
+    fits = [s.name for s in STRATEGIES.values() if s.role in ("base", "batched") and s.name != name]
+    return ", ".join(repr(n) for n in fits)
 
 
 def _cover(start: int, end: int, step: int) -> list[slice]:
