@@ -633,7 +633,14 @@ class _Engine:
     # -- the race on the first row chunk ----------------------------------------------------
     def _first_rows(self) -> tuple[slice, int]:
         """The first row chunk and how many of its targets are done: when the strategy is not
-        decided yet, the candidates race on its first targets, and their blocks are kept."""
+        decided yet, the candidates race on its first targets, and their blocks are kept.
+
+        Strategies may agree only to rounding, and a call's bits must not depend on whether it
+        was the first. So the batched strategy's first block covers the base strategy's targets
+        again: when the two agree bit for bit there, every block of the race is kept; when not,
+        the loser's blocks are replaced by the winner's (the overlap serves when the batched
+        strategy wins; the base strategy computes the batched one's other targets again).
+        """
         if self.race is None:
             return self._row_slices()[0], 0
         race, done = self.race, 0
@@ -641,9 +648,11 @@ class _Engine:
         first = slice(0, min(rows, self.p.batch))
         chunk, seconds = auto.timed(lambda: self._chunk(race.base, first))
         race.small_work(seconds * self.p.batch / (first.stop - first.start))
+        raced, overlap = [], None  # (name, cols, block); the batched block over the base's
         while (step := race.next()) is not None:
             name, width = step
-            cols = slice(done, done + width)
+            again = overlap is None and name != race.base and width <= done
+            cols = slice(0, width) if again else slice(done, done + width)
             try:
                 with quiet_fallbacks():
                     block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
@@ -653,20 +662,31 @@ class _Engine:
                 race.failed(name)  # e.g. an operator without a batching rule
                 continue
             race.record(name, width, seconds)
-            self.raced.append((name, cols, block))
-            done += width
+            if again:
+                overlap = (name, cols, block)
+            else:
+                raced.append((name, cols, block))
+                done += width
         self.strategy = self._remember(race.winner)
         self.plan = self._plan(self.strategy)
         self.race = None
-        # Strategies agree only to rounding: the loser's blocks are computed again by the winner,
-        # so that a call's bits do not depend on whether it was the first (the loser timed at
-        # most a few targets).
-        self.raced = [
-            block if name == self.strategy else self._block(self.strategy, chunk, cols)
-            for name, cols, block in self.raced
-        ]
+        self.raced = self._agreed(raced, overlap, chunk)
         self.first_chunk = chunk  # every strategy but head can go on from its forward pass
         return first, done
+
+    def _agreed(self, raced: list, overlap: tuple | None, chunk: Chunk) -> list[torch.Tensor]:
+        """The race's blocks, each as the winner computes it."""
+        if overlap is not None:
+            name, cols, block = overlap
+            base = torch.cat([b for n, c, b in raced if c.stop <= cols.stop], 1)
+            if torch.equal(base, block):  # the strategies agree bit for bit on this model
+                return [b for _, _, b in raced]
+            if name == self.strategy:  # the batched block replaces the base's
+                raced = [(name, cols, block)] + [r for r in raced if r[1].start >= cols.stop]
+        return [
+            block if name == self.strategy else self._block(self.strategy, chunk, cols)
+            for name, cols, block in raced
+        ]
 
     # -- walking the plan -------------------------------------------------------------------
     def _row_slices(self) -> list[slice]:
