@@ -564,7 +564,7 @@ def test_audit_metrics_and_classes_that_do_not_fit_are_refused_at_the_door(tmp_p
     road = ["audit", "breast_cancer", "breast_cancer", "--out", str(out), "--metrics", "road"]
     assert main(road) == 2
     err = capsys.readouterr().err
-    assert "--metrics: 'road' imputes removed pixels" in err and "sample/s" not in err
+    assert "--metrics: 'road' needs images [C, H, W]" in err and "sample/s" not in err
     assert not out.exists()
 
 

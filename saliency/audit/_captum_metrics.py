@@ -19,6 +19,7 @@ from .. import targets
 from ..attribution import Attribution
 from ..engine import parse_memory
 from ._scores import check_inputs, generator, number, rows_per_chunk, take, tracked
+from .records import MetricRecord
 
 __all__ = ["Infidelity", "Sensitivity", "infidelity", "sensitivity_max"]
 
@@ -400,6 +401,28 @@ def sensitivity_max(
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+RECORDS = (
+    MetricRecord(
+        name="infidelity",
+        function=infidelity,
+        result=Infidelity,
+        explanation="how well each map predicts the score change under random perturbations "
+        "of the input (mean squared error)",
+        doc="audit/infidelity-sensitivity.md",
+        columns={"infidelity": "lower", "beta": None},
+        needs=("input_maps",),
+    ),
+    MetricRecord(
+        name="sensitivity_max",
+        function=sensitivity_max,
+        result=Sensitivity,
+        explanation="how much each map changes, at most, when the input is nudged slightly",
+        doc="audit/infidelity-sensitivity.md",
+        columns={"sensitivity": "lower"},
+    ),
+)
 
 
 class _Draw:

@@ -16,6 +16,7 @@ import torch
 
 from ..attribution import Attribution
 from ..engine import outputs as model_outputs
+from .records import MetricRecord
 
 __all__ = ["Margins", "margins"]
 
@@ -162,6 +163,28 @@ def margins(
         nearest_distance=distance.gather(1, nearest_row[:, None]).squeeze(1),
         classes=attribution.classes,
     )
+
+
+RECORDS = (
+    MetricRecord(
+        name="margins",
+        function=margins,
+        result=Margins,
+        explanation="the first-order distance from each sample to the boundary with every "
+        "other class, from the gradients of both classes",
+        doc="audit/margins.md",
+        columns={
+            "distance": None,
+            "gap": None,
+            "gradient_gap": None,
+            "reference": None,
+            "nearest": None,
+            "nearest_distance": None,
+        },
+        needs=("gradients",),
+        rows="all",
+    ),
+)
 
 
 def _check_gradients(attribution: Attribution, x: torch.Tensor) -> None:
