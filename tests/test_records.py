@@ -279,3 +279,19 @@ def test_the_random_baseline_and_directions_for_the_report():
         assert record.explanation and "\n" not in record.explanation
         for column, baseline in record.random.items():
             assert record.columns[baseline] is None and record.columns[column] is not None
+
+
+def test_a_runs_score_of_a_contrast_row_is_the_difference_it_explains(digits, tmp_path):
+    model, x, y = digits
+    run = saliency.audit.run(
+        model, (x, y), out_dir=tmp_path, classes=saliency.contrast([3, 5], [8, 0]),
+        metrics=["norms"], **FAST,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "shards").joinpath(
+        "000000.jsonl").read_text().splitlines()]  # fmt: skip
+    out = model(x).detach()
+    for row in rows:
+        b, a = row["index"], row["class"]
+        minus = {3: 8, 5: 0}[a]
+        assert row["score"] == pytest.approx(float(out[b, a] - out[b, minus]), rel=1e-5)
+    assert run.summary["explained"] == len(x)

@@ -498,12 +498,20 @@ def _explain(method, model, x, classes, options, kwargs) -> Attribution:
 
 def _classes_again(attribution: Attribution) -> Callable[[torch.Tensor], object]:
     """The ``classes`` that explain the same rows for copies of samples ``owner``."""
-    described = attribution.params.get("classes")
-    if isinstance(described, dict) and "contrast" in described:
-        a, b = described["contrast"]
-        shared = targets.contrast(a, b)
+    ids, neg = attribution.classes, attribution.negatives
+    if attribution.contrasted:
+        # A contrast is one list of pairs shared by every sample (saliency.contrast).
+        shared = bool((neg >= 0).all()) and all(
+            torch.equal(t, t[:1].expand_as(t)) for t in (ids, neg)
+        )
+        if not shared:
+            raise ValueError(
+                "attribution: its rows are not one saliency.contrast(a, b) shared by every "
+                "sample (they mix contrasts and plain classes, or differ between samples), so "
+                "the method cannot be asked again for them; explain one contrast for every sample"
+            )
+        shared = targets.contrast(ids[0].tolist(), neg[0].tolist())
         return lambda owner: shared
-    ids = attribution.classes
     return lambda owner: ids[owner.to(ids.device)]
 
 

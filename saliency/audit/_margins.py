@@ -200,7 +200,7 @@ def _check_gradients(attribution: Attribution, x: torch.Tensor) -> None:
             f"attribution: margins need input gradients, got gradients at layer "
             f"{a.params['layer']!r}"
         )
-    if isinstance(a.params.get("classes"), dict) and "contrast" in a.params["classes"]:
+    if a.contrasted:
         raise ValueError("attribution: margins need the gradients of classes, not of contrasts")
     if (
         not isinstance(x, torch.Tensor)

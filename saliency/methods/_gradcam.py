@@ -111,7 +111,9 @@ def gradcam(
         "max_memory": max_memory,
     }
     scores = outputs(model, x, output=output, **kw)
-    return Attribution(cam, torch.cat(ids, 1), scores, "gradcam", params)
+    rows = targets.resolve(classes, scores) if isinstance(classes, targets.Contrast) else None
+    negatives = None if rows is None else rows.neg
+    return Attribution(cam, torch.cat(ids, 1), scores, "gradcam", params, negatives=negatives)
 
 
 RECORDS = (

@@ -99,7 +99,9 @@ def gradients(
     }
     if layer is not None:
         params["layer"] = layer_name(model, layer)
-    return Attribution(values, r.classes, r.outputs, "gradients", params)
+    rows = targets.resolve(classes, r.outputs) if isinstance(classes, targets.Contrast) else None
+    negatives = None if rows is None else rows.neg
+    return Attribution(values, r.classes, r.outputs, "gradients", params, negatives=negatives)
 
 
 RECORDS = (

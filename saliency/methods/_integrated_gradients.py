@@ -131,7 +131,13 @@ def integrated_gradients(
     values = integral.mul_(path.diff.unsqueeze(1))
     delta = values.flatten(2).sum(-1) - gap
     return Attribution(
-        values, req.rows.ids, req.outputs, "integrated_gradients", req.params(**params), delta
+        values,
+        req.rows.ids,
+        req.outputs,
+        "integrated_gradients",
+        req.params(**params),
+        delta,
+        negatives=req.rows.neg,
     )
 
 

@@ -182,7 +182,9 @@ def smoothgrad(
         method=inner_info[0],
         method_params={k: v for k, v in inner_info[1].items() if k not in _SHARED},
     )
-    return Attribution(values, req.rows.ids, req.outputs, "smoothgrad", params)
+    return Attribution(
+        values, req.rows.ids, req.outputs, "smoothgrad", params, negatives=req.rows.neg
+    )
 
 
 RECORDS = (
