@@ -174,16 +174,16 @@ class Registry:
         return [d for d in read(self.package) if d.kind == self.kind.__name__]
 
 
-def suggest(word: object, choices: list[str]) -> str:
-    """``"; did you mean 'x'?"`` for the nearest of ``choices``, then the choices themselves.
+def suggest(word: object, choices: list[str], *, listed: bool = True) -> str:
+    """``"; did you mean 'x'?"`` for the nearest of ``choices``, then (``listed``) the choices.
 
     Examples
     --------
     >>> suggest("smothgrad", ["gradients", "smoothgrad"])
     "; did you mean 'smoothgrad'? (expected one of: gradients, smoothgrad)"
-    >>> suggest("xyz", ["gradients"])
-    ' (expected one of: gradients)'
+    >>> suggest("xyz", ["gradients"]), suggest("digit", ["digits"], listed=False)
+    (' (expected one of: gradients)', "; did you mean 'digits'?")
     """
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{hint} (expected one of: {', '.join(choices)})"
+    return f"{hint} (expected one of: {', '.join(choices)})" if listed else hint

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import saliency
 import saliency.audit
@@ -226,23 +227,58 @@ def toys():
     assert method_records.find("toy_method") is None
 
 
-def test_a_registered_method_and_metric_reach_the_namespace_run_and_report(digits, tmp_path, toys):
-    model, x, y = digits
+def test_a_registered_method_and_metric_reach_the_namespace_command_run_and_report(
+    digits, tmp_path, capsys, toys
+):
+    from saliency.cli import main
+
+    # the namespace
     assert saliency.toy_method is toy_method and saliency.methods.toy_method is toy_method
     assert saliency.audit.toy_metric is toy_metric
     assert "toy_method" in method_specs.names()
+
+    # the command's help, and the command itself with the method's own option
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    text = capsys.readouterr().out
+    assert "toy_method" in text and "--scale" in text and "(a test's metric)" in text
+    model, x, y = digits
+    data = tmp_path / "digits.pt"
+    _, info = models.load("digits")
+    torch.save({"x": x * info.std[0] + info.mean[0], "y": y}, data)  # raw pixels, as files hold
+    args = ["audit", "digits", str(data), "--out", str(tmp_path / "cli"), "--no-progress",
+            "--method", "toy_method", "--scale", "3", "--metrics", "toy_metric"]  # fmt: skip
+    assert main(args) == 0
+    assert "toy_method toy_metric.peak: mean" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    peak = summary["methods"]["toy_method"]["columns"]["toy_metric.peak"]
+    grads = saliency.gradients(model, x).values.flatten(2).abs().amax(-1)
+    assert peak["all"]["max"] == pytest.approx(3 * float(grads.max()), rel=1e-5)
+    assert "toy_metric.peak" in (tmp_path / "cli" / "report.html").read_text()
+
+    # audit.run by name, beside a method of the package, and the report
     run = saliency.audit.run(
-        model, (x, y), out_dir=tmp_path, methods=["toy_method", "gradients"],
+        model, (x, y), out_dir=tmp_path / "run", methods=["toy_method", "gradients"],
         metrics=["toy_metric", "deletion"], batch_size=6, strategy="loop",
     )  # fmt: skip
     columns = run.summary["methods"]["toy_method"]["columns"]
     assert columns["toy_metric.peak"]["better"] == "higher"
-    # the metric measured what the method gave: twice the gradients' peak
+    # the metric measured what the method gave: twice the gradients' peak (scale's default)
     grads = run.summary["methods"]["gradients"]["columns"]["toy_metric.peak"]["all"]
     assert columns["toy_metric.peak"]["all"]["max"] == pytest.approx(2 * grads["max"], rel=1e-6)
     assert columns["deletion.auc"]["better"] == "lower"
     html = run.report.read_text()
     assert "toy_metric.peak" in html and "toy_method" in html
+
+
+def test_unregistered_they_are_gone_from_the_command(capsys):
+    from saliency.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    assert "toy_method" not in capsys.readouterr().out
+    with pytest.raises(AttributeError):
+        saliency.toy_method  # noqa: B018
 
 
 def test_registering_refuses_taken_names_and_non_records():

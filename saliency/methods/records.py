@@ -81,7 +81,7 @@ class Option:
         """Refuse a value the option cannot take, naming the flag."""
         if value is None:
             if self.required:
-                raise ValueError(f"{self.flag}: {method} needs it: {self.help}")
+                raise ValueError(f"{self.flag}: {method} needs {self.help}")
             return
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"{self.flag}: expected at least {self.minimum:g}, got {value}")
