@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
     from .attribution import Attribution  # noqa: F401
     from .engine import class_jacobian, iter_class_jacobian  # noqa: F401
     from .methods import from_captum, gradcam, gradients, integrated_gradients, smoothgrad  # noqa: F401
+    from .outputs import next_token  # noqa: F401
     from .targets import contrast, top_k  # noqa: F401
     from .tokens import patch_scores, token_scores  # noqa: F401
 
@@ -31,6 +32,7 @@ __getattr__, __dir__ = namespace(
         "class_jacobian": ".engine",
         "iter_class_jacobian": ".engine",
         "from_captum": ".methods",
+        "next_token": ".outputs",
         "contrast": ".targets",
         "top_k": ".targets",
         "patch_scores": ".tokens",
