@@ -7,14 +7,12 @@ Names are imported when first used (``import saliency`` alone does not import to
 method of :mod:`saliency.methods.records` is here under its own name.
 """
 
-from __future__ import annotations
+import typing
 
-from typing import TYPE_CHECKING
-
-from ._lazy import namespace
+from ._lazy import namespace as _namespace
 from .methods import records as _method_records
 
-if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
+if typing.TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
     from . import audit, io, models, viz  # noqa: F401
     from .attribution import Attribution  # noqa: F401
     from .engine import class_jacobian, iter_class_jacobian  # noqa: F401
@@ -25,7 +23,7 @@ if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
 
 __version__ = "0.1.0"
 
-__getattr__, __dir__ = namespace(
+__getattr__, __dir__ = _namespace(
     __name__,
     exports={
         "Attribution": ".attribution",

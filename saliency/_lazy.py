@@ -66,6 +66,7 @@ def namespace(
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*vars(sys.modules[package]), *where(), *modules})
+        own = [n for n in vars(sys.modules[package]) if not n.startswith("_") and n != "typing"]
+        return sorted({*own, *where(), *modules})
 
     return __getattr__, __dir__

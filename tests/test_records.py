@@ -331,3 +331,27 @@ def test_a_runs_score_of_a_contrast_row_is_the_difference_it_explains(digits, tm
         minus = {3: 8, 5: 0}[a]
         assert row["score"] == pytest.approx(float(out[b, a] - out[b, minus]), rel=1e-5)
     assert run.summary["explained"] == len(x)
+
+
+def test_every_record_is_in_the_docs_a_reader_looks_at():
+    # The code needs nothing but the record; the docs still list each method and metric, and
+    # this says which page to extend when one is added.
+    nav = (DOCS.parent / "mkdocs.yml").read_text()
+    api, cli, runs = ((DOCS / p).read_text() for p in ("api.md", "cli.md", "audit/runs.md"))
+    for record in method_records.methods():
+        assert record.doc in nav, f"mkdocs.yml: add {record.doc} to the nav"
+        assert f"::: saliency.{record.name}" in api, f"docs/api.md: add saliency.{record.name}"
+        row = next((line for line in cli.splitlines() if line.startswith(f"| `{record.name}`")),
+                   None)  # fmt: skip
+        assert row is not None, f"docs/cli.md: add {record.name} to the table of methods"
+        for option in record.options:
+            assert f"`{option.flag}`" in row, (
+                f"docs/cli.md: {record.name}'s row lacks {option.flag}"
+            )
+    for record in metric_records.metrics():
+        page = record.doc.partition("#")[0]
+        assert page in nav, f"mkdocs.yml: add {page} to the nav"
+        assert f"- {record.name}\n" in api, f"docs/api.md: add {record.name} to saliency.audit"
+        if record.not_in_runs is None:
+            assert f"`{record.name}`" in cli, f"docs/cli.md: add {record.name} to --metrics"
+            assert f"`{record.name}`" in runs, f"docs/audit/runs.md: add {record.name}"

@@ -6,14 +6,12 @@ resume and scale out with ``torch.distributed``. Every metric of the records is 
 own name, with its result type, imported when first used.
 """
 
-from __future__ import annotations
+import typing
 
-from typing import TYPE_CHECKING
-
-from .._lazy import namespace
+from .._lazy import namespace as _namespace
 from . import records as _records
 
-if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
+if typing.TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
     from ._captum_metrics import Infidelity, Sensitivity, infidelity, sensitivity_max  # noqa: F401
     from ._class_sensitivity import ClassSensitivity, class_sensitivity  # noqa: F401
     from ._completeness import Completeness, completeness  # noqa: F401
@@ -23,7 +21,7 @@ if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
     from ._randomization import RandomizationResult, randomization_test  # noqa: F401
     from .datasets import AuditRun, run  # noqa: F401
 
-__getattr__, __dir__ = namespace(
+__getattr__, __dir__ = _namespace(
     __name__,
     exports={"AuditRun": ".datasets", "run": ".datasets"},
     records=("saliency.audit", "MetricRecord"),

@@ -5,14 +5,12 @@ One method per module, each following :class:`Method` and declaring its record
 up in the records when first used, so that importing this package costs nothing until then.
 """
 
-from __future__ import annotations
+import typing
 
-from typing import TYPE_CHECKING
-
-from .._lazy import namespace
+from .._lazy import namespace as _namespace
 from . import records as _records
 
-if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
+if typing.TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
     from ._captum import from_captum  # noqa: F401
     from ._contract import Method  # noqa: F401
     from ._gradcam import gradcam  # noqa: F401
@@ -20,7 +18,7 @@ if TYPE_CHECKING:  # for type checkers and the docs; at run time the records say
     from ._integrated_gradients import integrated_gradients  # noqa: F401
     from ._smoothgrad import smoothgrad  # noqa: F401
 
-__getattr__, __dir__ = namespace(
+__getattr__, __dir__ = _namespace(
     __name__,
     exports={"Method": "._contract", "from_captum": "._captum"},
     records=("saliency.methods", "MethodRecord"),
