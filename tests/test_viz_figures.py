@@ -170,3 +170,18 @@ def test_notebook_picture_falls_back_to_text_for_nan() -> None:
     attribution = _image_attribution(b=1, k=1)
     attribution.values[0, 0, 0, 0, 0] = float("nan")
     assert attribution._repr_png_() is None
+
+
+def test_notebook_picture_starts_each_row_with_the_predicted_class() -> None:
+    from saliency.viz.notebook import _rows
+
+    model, _ = models.load("digits")
+    x, _ = models.held_out("digits", 3)
+    attribution = saliency.gradients(model, x, strategy="loop")
+    rows = _rows(attribution, max_samples=4, max_classes=10)
+    assert rows.shape == (3, 10)
+    predicted = attribution.outputs.argmax(1)
+    assert torch.equal(attribution.classes[torch.arange(3), rows[:, 0]], predicted)
+    assert predicted[0] == 7  # the row the picture missed when it showed classes 0-5
+    scores = attribution.outputs.gather(1, attribution.classes.gather(1, rows))
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # then by output, highest first

@@ -22,8 +22,10 @@ from saliency.viz.normalization import normalize
 from saliency.viz.pictures import enlarge, input_pictures
 from saliency.viz.save import save_overlays
 from saliency.viz.token_pictures import tokens
+from saliency.viz.viewer import View, view
 
 __all__ = [
+    "View",
     "enlarge",
     "grid",
     "heatmap",
@@ -35,6 +37,7 @@ __all__ = [
     "save_overlays",
     "to_rgb",
     "tokens",
+    "view",
 ]
 
 _FIGURES = ("plot_classes", "plot_features")  # matplotlib: imported on first use
