@@ -29,13 +29,13 @@ def test_import_saliency_loads_neither_matplotlib_nor_pictures_nor_audits() -> N
 def test_viz_and_audit_are_attributes_after_import_saliency() -> None:
     seen = _modules_after(
         "import json, sys, saliency\n"
-        "found = {'viz': saliency.viz.heatmap.__module__, 'audit': saliency.audit.run.__name__,\n"
+        "found = {'viz': saliency.viz.view.__module__, 'audit': saliency.audit.run.__name__,\n"
         "         'models': saliency.models.load.__name__, 'in_dir': 'viz' in dir(saliency)}\n"
         "found['matplotlib'] = 'matplotlib.pyplot' in sys.modules or 'matplotlib' in sys.modules\n"
         "found['figure'] = saliency.viz.plot_classes.__module__\n"
         "print(json.dumps(found))"
     )
-    assert seen["viz"] == "saliency.viz.draw"
+    assert seen["viz"] == "saliency.viz.viewer"
     assert seen["audit"] == "run" and seen["models"] == "load" and seen["in_dir"]
     assert seen["matplotlib"] is False  # saliency.viz and saliency.audit do not need it
     assert seen["figure"] == "saliency.viz.figures"  # imported when first asked for
