@@ -148,9 +148,9 @@ def fragment(body: str, *, style: str = "", script: str = "") -> str:
     return f"<style>{style}</style>{body}{script_tag}"
 
 
-def asset(name: str) -> str:
-    """The text of ``saliency/viz/assets/<name>`` (scripts and styles of the views)."""
-    return resources.files("saliency.viz").joinpath("assets", name).read_text(encoding="utf-8")
+def asset(name: str, package: str = "saliency.viz") -> str:
+    """The text of ``<package>/assets/<name>``: a view's script or style, kept in its own file."""
+    return resources.files(package).joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def _finite(value: object) -> object:
