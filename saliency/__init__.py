@@ -10,6 +10,7 @@ import importlib
 from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
 from .methods import from_captum, gradcam, gradients, integrated_gradients, smoothgrad
+from .outputs import next_token
 from .targets import contrast, top_k
 from .tokens import patch_scores, token_scores
 
@@ -24,6 +25,7 @@ __all__ = [
     "gradients",
     "integrated_gradients",
     "iter_class_jacobian",
+    "next_token",
     "patch_scores",
     "smoothgrad",
     "token_scores",
