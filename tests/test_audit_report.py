@@ -4,6 +4,7 @@ a reader sees and does in a real headless Chromium (filters, sorting, every pict
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.util
 import io
 import json
@@ -280,3 +281,21 @@ def test_metric_info_falls_back_for_metrics_without_a_record():
     info = report_module.metric_info("no_such_metric")
     assert info.name == "no_such_metric" and info.docs == ""
     assert report_module.metric_info("deletion").reference == ("auc", "random_auc")
+
+
+def test_a_token_run_pictures_tokens_and_draws_no_mean_maps(tmp_path):
+    model, info = models.load("sentiment")
+    ids, labels = models.held_out("sentiment", 8)
+    embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    method = functools.partial(saliency.gradients, layer=embedding)
+    saliency.audit.run(
+        model, (ids, labels), out_dir=tmp_path, methods={"embedding_gradients": method},
+        metrics=["norms"], class_names=info.class_names, batch_size=4,
+    )  # fmt: skip
+    text = (tmp_path / "report.html").read_text()
+    assert "None for token ids" in text and "rp-means" not in text.split("</style>")[1]
+    data = _explorer_data(text)
+    assert sorted(data["pictures"], key=int) == [str(i) for i in range(8)]
+    first = data["pictures"]["0"]
+    shown = re.findall(r">(#\d+)</span>", first)
+    assert shown == [f"#{int(t)}" for t in ids[0]]  # token ids, as no strings were given

@@ -494,6 +494,11 @@ def _mean_maps(run: _Run, method: str, entry: dict, maps: dict, mean_inputs: dic
     means = maps[f"{method}/cell_means"]
     found = {(c[0], c[1]): (i, c[2]) for i, c in enumerate(cells)}
     labelled = any(c[0] >= 0 for c in cells)
+    if "int" in str(run.manifest["data"]["dtype"]):
+        return title + (
+            "<p class='rp-note'>None for token ids: a position holds another token in every "
+            "sample, so a mean over samples would mix them.</p>"
+        )
     if run.painter.kind != "image":
         return title + _img(_feature_maps(means, cells, run.names))
     note = (
@@ -747,12 +752,16 @@ def _explorer(run: _Run, method: str, rows: MethodRows, listed: np.ndarray, pict
             f" The explorer lists {len(listed)} of the {len(rows.index)} samples (evenly spaced, "
             "and every pictured one); shards/*.jsonl hold every row."
         )
+    what = (
+        "the map of the predicted class, the input under it."
+        if run.painter.kind == "image"
+        else "the predicted class's score of every position, coloured."
+    )
     return (
         f"<h3>Samples</h3><p class='rp-note'>Filter by true class, predicted class and "
         "correctness, sort by any column; values are those of the predicted class's row (a "
         "sample's own values for per-sample columns). "
-        f"{len(shown)} samples have pictures: the map of the predicted class over the input."
-        f"{note}</p>"
+        f"{len(shown)} samples have pictures: {what}{note}</p>"
         f"<div class='rp-explorer' id='explore-{_anchor(method)}'>"
         "<p class='rp-noscript'>The sample explorer needs JavaScript.</p>"
         f"<script type='application/json' class='rp-data'>{shell.script_data(data)}</script>"
