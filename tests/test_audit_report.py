@@ -299,3 +299,35 @@ def test_a_token_run_pictures_tokens_and_draws_no_mean_maps(tmp_path):
     first = data["pictures"]["0"]
     shown = re.findall(r">(#\d+)</span>", first)
     assert shown == [f"#{int(t)}" for t in ids[0]]  # token ids, as no strings were given
+
+
+def test_a_large_run_pictures_mistakes_first_and_lists_every_sample(run, tmp_path, monkeypatch):
+    browser = _need_browser()
+    out, x, y, info, _ = run
+    out = Path(shutil.copytree(out, tmp_path / "run"))
+    monkeypatch.setattr(report_module, "_PICTURED", 6)  # as if the run were large
+    monkeypatch.setattr(report_module.samples, "SHOWN", 1)  # worst and best: 1 per column
+    (out / "report.html").unlink()
+    model, _ = models.load("digits")
+    saliency.audit.run(
+        model, (x, y), out_dir=out, metrics=["deletion", "class_sensitivity"], batch_size=8,
+        metric_options={"deletion": {"steps": 8}}, class_names=info.class_names,
+        mean=info.mean, std=info.std, strategy="loop",
+    )  # fmt: skip
+    path = out / "report.html"
+    data = _explorer_data(path.read_text())
+    assert len(data["rows"]) == 16  # every sample listed
+    pictured = {int(s) for s in data["pictures"]}
+    # six chosen (the mistakes first), and those the worst and best lists drew anyway
+    assert 6 <= len(pictured) < 16 and set(_WRONG) <= pictured
+    script = """() => {
+      const ex = document.querySelector('.rp-explorer');
+      const cards = () => ex.querySelectorAll('.rp-card').length;
+      const box = ex.querySelector('.rp-f-pictures');
+      const first = [cards(), box.checked];
+      box.checked = false; box.dispatchEvent(new Event('change'));
+      return [...first, cards(), ex.querySelectorAll('.rp-nopic').length];
+    }"""
+    page = browser.evaluate(path, script)
+    assert not page.console_errors and not page.page_errors
+    assert page.value == [len(pictured), True, 16, 16 - len(pictured)]

@@ -123,8 +123,8 @@ def view(
     View
         ``_repr_html_`` for Jupyter, :meth:`View.save` for a file, :meth:`View.html` for the text.
     """
-    values = _values(attribution)
-    n = values.shape[0]
+    shape = _shape(attribution)
+    n = shape[0]
     chosen = _samples(samples, n)
     if isinstance(max_classes, bool) or not isinstance(max_classes, int) or max_classes < 1:
         raise ValueError(f"max_classes: expected a positive int, got {max_classes!r}")
@@ -133,26 +133,23 @@ def view(
     classes = to_numpy(attribution.classes, "attribution.classes")
     outputs = to_numpy(attribution.outputs, "attribution.outputs").astype(np.float64)
     truth = _labels(labels, n)
-    kind = "sequence" if tokens is not None or values.ndim == 3 else "image"
-    if kind == "image":
-        maps = _image_maps(values)  # [B, K, H, W]
-        pictures = _inputs(x, n, maps.shape[-2:], mean, std)
-    else:
-        if values.ndim != 3:
-            raise ValueError(
-                f"attribution.values has shape {list(values.shape)}; with tokens= expected one "
-                "score per token [B, K, T]: reduce embedding attributions with "
-                "saliency.token_scores first"
-            )
-        maps, pictures = values, None
-    texts = _texts(tokens, n, values.shape[2]) if kind == "sequence" else None
+    kind = "sequence" if tokens is not None or len(shape) == 3 else "image"
+    if kind == "sequence" and len(shape) != 3:
+        raise ValueError(
+            f"attribution.values has shape {list(shape)}; with tokens= expected one score per "
+            "token [B, K, T]: reduce embedding attributions with saliency.token_scores first"
+        )
+    texts = _texts(tokens, n, shape[2]) if kind == "sequence" else None
     hidden = _skipper(skip)
 
-    shown, first = [], []
+    # Only the rows shown are read: an attribution of many samples and classes may be large.
+    shown, first, signed, pictures = [], [], False, {}
     for b in chosen:
         predicted = int(np.argmax(outputs[b])) if outputs.shape[1] else -1
         order = _class_order(classes[b], outputs[b], predicted, truth[b] if truth else None)
         order = order[:max_classes]
+        rows = _rows(attribution.values, b, order)
+        signed = signed or bool((rows < 0).any())
         entry: dict = {
             "index": b,
             "label": truth[b] if truth else None,
@@ -161,27 +158,27 @@ def view(
             "scores": [_score(outputs[b], int(classes[b, k])) for k in order],
         }
         if kind == "image":
-            grids = [_shrink(maps[b, k], max_side) for k in order]
+            grids = [_shrink(m, max_side) for m in _image_maps(rows)]
             entry["maps"] = [shell.table_data(g) for g in grids]
             entry["clip"] = [_clip(g) for g in grids]
-            if pictures is not None:
-                entry["input"] = shell.png_uri(_shrink_rgb(pictures[b], grids[0].shape))
+            if x is not None:
+                pictures[b] = _shrink_rgb(_input(x, b, n, shape, mean, std), grids[0].shape)
+                entry["input"] = shell.png_uri(pictures[b])
             if not first:
                 first = grids
         else:
             keep = [i for i, t in enumerate(texts[b]) if not hidden(t)]
-            rows = [maps[b, k, keep] for k in order]
             entry["tokens"] = [texts[b][i] for i in keep]
-            entry["maps"] = [shell.table_data(r) for r in rows]
-            entry["clip"] = [_clip(r) for r in rows]
+            entry["maps"] = [shell.table_data(r[keep]) for r in rows]
+            entry["clip"] = [_clip(r[keep]) for r in rows]
         shown.append(entry)
 
-    signed = bool((values < 0).any())
     cmap = _SIGNED_MAP if signed else _UNSIGNED_MAP
     height, width, block = 0, 0, 1
     if kind == "image":
-        height, width = _shrink(maps[0, 0], max_side).shape
-        block = max(1, -(-max(maps.shape[-2:]) // max_side))
+        height, width = first[0].shape
+        size = _image_size(shape)
+        block = max(1, -(-max(size) // max_side))
     used = {c for e in shown for c in e["classes"]} | {e["predicted"] for e in shown}
     used |= {e["label"] for e in shown if e["label"] is not None}
     data = {
@@ -200,8 +197,7 @@ def view(
     }
     root = shell.view_id(shell.script_data(data))
     lut = lookup_table(cmap, signed)
-    first_input = None if pictures is None else _shrink_rgb(pictures[chosen[0]], (height, width))
-    static = _static(shown[0], first, first_input, lut, signed, class_names)
+    static = _static(shown[0], first, pictures.get(chosen[0]), lut, signed, class_names)
     body = (
         f'<div class="sv-view" id="{root}">'
         f'<div class="sv-static">{static}</div>'
@@ -209,13 +205,13 @@ def view(
         "</div>"
     )
     script = shell.asset("viewer.js") + f'\nsaliencyView(document.getElementById("{root}"));'
-    what = "image maps {}x{}".format(*maps.shape[-2:]) if kind == "image" else "sequences"
+    what = "image maps {}x{}".format(*_image_size(shape)) if kind == "image" else "sequences"
     return View(
         f"saliency: {data['method']}",
         body,
         style=shell.asset("viewer.css"),
         script=script,
-        summary=f"{data['method']}: {len(shown)} samples, {classes.shape[1]} classes, {what}",
+        summary=f"{data['method']}: {len(shown)} samples, {shape[1]} classes, {what}",
     )
 
 
@@ -233,24 +229,40 @@ def notebook_view(attribution: object) -> str | None:
 # -- reading the arguments ---------------------------------------------------------------------
 
 
-def _values(attribution: object) -> np.ndarray:
+def _shape(attribution: object) -> tuple[int, ...]:
     for name in ("values", "classes", "outputs"):
         if not hasattr(attribution, name):
             raise TypeError(
                 f"attribution: expected a saliency.Attribution (values, classes, outputs), got "
                 f"{type(attribution).__name__} without {name!r}"
             )
-    values = to_numpy(attribution.values, "attribution.values").astype(np.float32)
-    if values.ndim not in (3, 4, 5):
+    shape = tuple(getattr(attribution.values, "shape", ()))
+    if len(shape) not in (3, 4, 5):
         raise ValueError(
-            f"attribution.values has shape {list(values.shape)}; expected image maps "
+            f"attribution.values has shape {list(shape)}; expected image maps "
             "[B, K, C, H, W] / [B, K, H, W] or one score per token or feature [B, K, T]"
         )
-    if values.shape[0] == 0 or values.shape[1] == 0:
-        raise ValueError(f"attribution: nothing to show (values {list(values.shape)})")
-    if not np.isfinite(values).all():
-        raise ValueError("attribution.values holds NaN or inf; expected finite values")
-    return values
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"attribution: nothing to show (values {list(shape)})")
+    if len(shape) == 5:
+        channel_axis(shape, "attribution.values")
+    return shape
+
+
+def _rows(values: object, b: int, order: list[int]) -> np.ndarray:
+    """float32 maps of sample ``b``'s rows ``order``, read alone (the values may be large)."""
+    picked = values[b][torch.tensor(order)] if isinstance(values, torch.Tensor) else None
+    rows = to_numpy(picked if picked is not None else np.asarray(values[b])[order], "values")
+    rows = rows.astype(np.float32)
+    if not np.isfinite(rows).all():
+        raise ValueError(f"attribution.values holds NaN or inf (sample {b}); expected finite")
+    return rows
+
+
+def _image_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 5 and channel_axis(shape, "attribution.values") == -1:
+        return shape[-3], shape[-2]
+    return shape[-2], shape[-1]
 
 
 def _samples(samples: object, n: int) -> list[int]:
@@ -277,31 +289,30 @@ def _labels(labels: object, n: int) -> list[int] | None:
     return [int(v) for v in arr]
 
 
-def _image_maps(values: np.ndarray) -> np.ndarray:
-    """``[B, K, H, W]``: channels summed (signed), as heat maps reduce them."""
-    if values.ndim == 4:
-        return values
-    axis = channel_axis(values.shape, "attribution.values")
-    return values.sum(axis=axis)
+def _image_maps(rows: np.ndarray) -> np.ndarray:
+    """``[K, H, W]`` from one sample's rows: channels summed (signed), as heat maps reduce them."""
+    if rows.ndim == 3:
+        return rows
+    return rows.sum(axis=channel_axis(rows.shape, "attribution.values"))
 
 
-def _inputs(x, n, size, mean, std) -> np.ndarray | None:
-    """uint8 RGB ``[B, H, W, 3]`` pictures of the inputs, or None."""
-    if x is None:
-        return None
-    t = torch.as_tensor(to_numpy(x, "x"))
-    if t.ndim == 3:
-        t = t[:, None]
-    if t.ndim == 4 and t.shape[1] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
-        t = t.permute(0, 3, 1, 2)
-    if t.ndim != 4 or t.shape[0] != n or tuple(t.shape[-2:]) != tuple(size):
+def _input(x, b: int, n: int, shape: tuple[int, ...], mean, std) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` picture of input ``b``."""
+    size = _image_size(shape)
+    full = tuple(getattr(x, "shape", ()))
+    t = torch.as_tensor(to_numpy(x[b], "x"))
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim == 3 and t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
+        t = t.permute(2, 0, 1)
+    if len(full) not in (3, 4) or full[0] != n or tuple(t.shape[-2:]) != tuple(size):
         raise ValueError(
             f"x: expected the {n} images the maps explain, [B, C, H, W] with H, W = "
-            f"{tuple(size)}, got shape {list(t.shape)}"
+            f"{tuple(size)}, got shape {list(full)}"
         )
-    pictures = input_pictures(t[:, :3].float(), mean=mean, std=std)
-    pixels = (pictures.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return np.repeat(pixels, 3, axis=3) if pixels.shape[3] == 1 else pixels
+    picture = input_pictures(t[None, :3].float(), mean=mean, std=std)[0]
+    pixels = (picture.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
 
 
 def _texts(tokens, n: int, length: int) -> list[list[str]]:

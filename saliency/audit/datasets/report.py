@@ -6,14 +6,18 @@ docs page), the statistics of every column, the mean map of the predicted class 
 the confusion matrix with the mean input under it, the distribution of every metric, the worst
 and best samples of every metric spread over classes, and every sample in an explorer that
 filters by true class, predicted class and correctness and sorts by any metric (in the page,
-without a server). Samples are drawn by :mod:`.report_pictures`, by the kind of data.
+without a server).
+
+The parts live beside it: :mod:`.report_header` (the run in words, the confusion matrix),
+:mod:`.report_metrics` (what each metric is), :mod:`.report_rows` (one pass over the shards),
+:mod:`.report_samples` (worst and best, the explorer) and :mod:`.report_pictures` (a sample's
+picture, drawn by one function chosen by the kind of data).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,133 +29,20 @@ from safetensors.torch import load_file
 
 from saliency._atomic import atomic_write
 from saliency.viz import html as shell
-from saliency.viz.labels import class_label
 
-from . import metrics as metric_specs
+from . import report_samples as samples
+from .report_header import anchor, confusion, contents, fmt, header, label
+from .report_metrics import MetricInfo, docs_link, metric_info
 from .report_pictures import Painter, kind_of
-from .report_rows import Column, MethodRows, read_rows, spread
+from .report_rows import Column, MethodRows, read_rows
 
-__all__ = ["DOCS_URL", "MetricInfo", "metric_info", "write_report"]
-
-# Where the documentation is served; pages are linked under it. None: the page is named, not
-# linked (the project has no published address yet).
-DOCS_URL: str | None = None
+__all__ = ["MetricInfo", "metric_info", "write_report"]
 
 _FULL_MATRIX = 12  # up to this many classes, the mean maps are a full label x prediction table
 _CELLS = 40  # otherwise: the diagonal's first cells and the most frequent confusions
-_SHOWN = 10  # worst and best samples pictured per column
-_LISTED = 20000  # samples listed in the explorer at most
 _PICTURED = 400  # samples pictured in the explorer at most (fewer for large pictures)
 _PAGE_BYTES = 8_000_000  # what the explorer's pictures may take, about
 _CHUNK = 64  # samples fetched (and recomputed) at a time
-
-
-# -- what each metric is ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """What the report says about a metric: one line each."""
-
-    name: str
-    measures: str
-    better: dict  # column -> "lower" / "higher"
-    baseline: str  # the reference a map has to beat, in words
-    reference: tuple[str, str] | None  # (column, its random-order column), compared row by row
-    docs: str  # the docs page, relative to the docs root: "audit/deletion-insertion.md"
-    title: str  # the docs page's title
-
-
-_FALLBACK = {
-    "norms": MetricInfo(
-        "norms", "The size of each map: the L1 and L2 norms of its values.", {},
-        "None: a scale, not a quality.", None, "audit/runs.md", "Data-set audits",
-    ),
-    "deletion": MetricInfo(
-        "deletion",
-        "How fast the class's score falls when the features the map ranks first are removed "
-        "first (area under the score curve).",
-        {"auc": "lower", "normalized_auc": "lower"},
-        "The same curve in a random order (random_auc): a faithful map falls faster.",
-        ("auc", "random_auc"), "audit/deletion-insertion.md", "Deletion and insertion",
-    ),
-    "insertion": MetricInfo(
-        "insertion",
-        "How fast the class's score rises when the features the map ranks first are put back "
-        "first into a blank input.",
-        {"auc": "higher", "normalized_auc": "higher"},
-        "The same curve in a random order (random_auc): a faithful map rises faster.",
-        ("auc", "random_auc"), "audit/deletion-insertion.md", "Deletion and insertion",
-    ),
-    "road": MetricInfo(
-        "road",
-        "Deletion with removed pixels filled in from their neighbours, so that the model cannot "
-        "react to the shape of a mask.",
-        {"auc": "lower", "normalized_auc": "lower"},
-        "The same curve in a random order (random_auc): a faithful map falls faster.",
-        ("auc", "random_auc"), "audit/road.md", "ROAD",
-    ),
-    "class_sensitivity": MetricInfo(
-        "class_sensitivity",
-        "How alike a sample's maps of different classes are (rank correlation); alike maps do "
-        "not explain why one class won.",
-        {"mean_other": "lower", "off_diagonal": "lower"},
-        "Identical maps give 1; maps of unrelated classes about 0.",
-        None, "audit/class-sensitivity.md", "Class sensitivity",
-    ),
-    "completeness": MetricInfo(
-        "completeness",
-        "How far the attributions' sum falls short of the score's change from the baseline "
-        "(relative gap; Integrated Gradients is complete in exact arithmetic).",
-        {"abs_gap": "lower", "relative_gap": "lower"},
-        "0 is exact; rows above the tolerance are counted in 'exceeds'.",
-        None, "audit/completeness.md", "Completeness",
-    ),
-    "infidelity": MetricInfo(
-        "infidelity",
-        "How badly the map predicts the score's change under small random perturbations "
-        "(mean squared error).",
-        {"infidelity": "lower"}, "0: the map predicts every change exactly.",
-        None, "audit/infidelity-sensitivity.md", "Infidelity and max-sensitivity",
-    ),
-    "sensitivity_max": MetricInfo(
-        "sensitivity_max",
-        "How much the map changes under small input perturbations (largest relative change).",
-        {"sensitivity": "lower"}, "0: the map does not move.",
-        None, "audit/infidelity-sensitivity.md", "Infidelity and max-sensitivity",
-    ),
-    "margins": MetricInfo(
-        "margins",
-        "First-order distance from the sample to each other class's decision boundary: which "
-        "mistake is one small step away.",
-        {}, "None: a property of the model near the sample.", None, "audit/margins.md", "Margins",
-    ),
-}  # fmt: skip
-
-
-def metric_info(name: str) -> MetricInfo:
-    """What the report says about metric ``name``: from the metric's record where it has one,
-    else from this module's table, else a bare line."""
-    record = getattr(metric_specs, "RECORDS", {}).get(name)
-    if record is not None and all(
-        hasattr(record, f) for f in ("measures", "better", "baseline", "docs")
-    ):
-        fallback = _FALLBACK.get(name)
-        return MetricInfo(
-            name,
-            record.measures,
-            dict(record.better),
-            record.baseline,
-            getattr(record, "reference", fallback.reference if fallback else None),
-            record.docs,
-            getattr(record, "title", fallback.title if fallback else name),
-        )
-    if name in _FALLBACK:
-        return _FALLBACK[name]
-    return MetricInfo(name, "A metric of saliency.audit.", {}, "Not stated.", None, "", name)
-
-
-# -- the page ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -198,7 +89,7 @@ def write_report(
     methods = list(summary["methods"])
     rows = {m: _rows(run, m) for m in methods}
     mean_inputs = _mean_inputs(run, rows)
-    parts = [_header(run), _contents(methods), _confusion(summary, run.names)]
+    parts = [header(manifest, summary, run.names), contents(methods), confusion(summary, run.names)]
     for method in methods:
         parts.append(_method(run, method, rows[method], maps, mean_inputs))
     title = f"Audit report: {manifest['model']['type']}"
@@ -212,161 +103,6 @@ def write_report(
     with atomic_write(path, "w") as f:
         f.write(page)
     return path
-
-
-# -- the header --------------------------------------------------------------------------------
-
-
-def _header(run: _Run) -> str:
-    manifest, summary = run.manifest, run.summary
-    config, data = manifest["config"], manifest["data"]
-    n, explained, skipped = summary["samples"], summary["explained"], len(summary["skipped"])
-    counts = summary.get("predicted_counts") or []
-    shape = "\u00d7".join(str(s) for s in data["shape"])
-    dtype = str(data["dtype"]).removeprefix("torch.")
-    strategies = manifest.get("strategy") or {}
-    facts = [
-        ("Model", f"{manifest['model']['type']} (fingerprint {_short(manifest['model'])})"),
-        (
-            "Data",
-            f"{n} samples of shape {shape} ({dtype}), "
-            + ("with labels" if data.get("labelled") else "without labels"),
-        ),
-        (
-            "Explained",
-            f"{explained} of {n} samples"
-            + (f"; {skipped} skipped (listed below)" if skipped else " (none skipped)"),
-        ),
-    ]
-    if summary.get("accuracy") is not None:
-        right = sum(row[i] for i, row in enumerate(summary.get("confusion", [])) if i < len(row))
-        facts.append(("Accuracy", f"{summary['accuracy']:.1%} ({right} of {explained} correct)"))
-    facts += [
-        (
-            "Methods",
-            ", ".join(
-                m + (f" (engine strategy: {strategies[m]})" if strategies.get(m) else "")
-                for m in config["methods"]
-            ),
-        ),
-        ("Classes explained", _classes_text(config["classes"], len(counts), run.names)),
-        ("Scores explained", _output_text(config["output"])),
-        ("Metrics", _metrics_text(config)),
-        (
-            "Settings",
-            f"batch size {config['batch_size']}, seed {config['seed']}, memory budget "
-            + (_bytes(config["max_memory"]) if config.get("max_memory") else "none"),
-        ),
-        ("Software", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())),
-    ]
-    rows = "".join(
-        f"<tr><th>{shell.escape(k)}</th><td>{shell.escape(v)}</td></tr>" for k, v in facts
-    )
-    skipped_list = ""
-    if summary["skipped"]:
-        items = "".join(
-            f"<li>sample {s['index']}: {shell.escape(s['reason'])}</li>"
-            for s in summary["skipped"][:50]
-        )
-        more = len(summary["skipped"]) - 50
-        extra = f"<li>and {more} more (summary.json)</li>" if more > 0 else ""
-        skipped_list = (
-            f"<details><summary>Skipped samples ({len(summary['skipped'])})</summary>"
-            f"<ul>{items}{extra}</ul></details>"
-        )
-    return (
-        f"<header><h1>Audit report</h1><table class='rp-facts'>{rows}</table>"
-        f"{skipped_list}</header>"
-    )
-
-
-def _contents(methods: list[str]) -> str:
-    links = "".join(f"<a href='#{_anchor(m)}'>{shell.escape(m)}</a>" for m in methods)
-    return f"<nav class='rp-nav'>Jump to: <a href='#confusion'>confusion matrix</a>{links}</nav>"
-
-
-def _classes_text(classes: object, n_outputs: int, names) -> str:
-    if classes is None:
-        return f"every class of the model ({n_outputs})" if n_outputs else "every class"
-    if classes == "label":
-        return "each sample's label"
-    if isinstance(classes, int):
-        return f"class {_label(classes, names)}"
-    if isinstance(classes, list):
-        return "classes " + ", ".join(_label(c, names) for c in classes)
-    if isinstance(classes, dict) and "top_k" in classes:
-        k = classes["top_k"]
-        return f"the {k} highest-scoring classes of each sample" if k > 1 else "the predicted class"
-    if isinstance(classes, dict) and "contrast" in classes:
-        a, b = classes["contrast"]
-        pairs = ", ".join(
-            f"{_label(i, names)} \u2212 {_label(j, names)}" for i, j in zip(a, b, strict=True)
-        )
-        return f"contrasts {pairs}"
-    return json.dumps(classes)
-
-
-def _output_text(output: object) -> str:
-    known = {
-        "logits": "logits (the model's raw outputs)",
-        "softmax": "softmax probabilities",
-        "log_softmax": "log-softmax (log-probabilities)",
-    }
-    if isinstance(output, str):
-        return known.get(output, output)
-    if isinstance(output, dict) and "callable" in output:
-        return f"the outputs through {output['callable']}"
-    return json.dumps(output)
-
-
-def _metrics_text(config: dict) -> str:
-    options = config.get("metric_options") or {}
-    parts = []
-    for method, names in config["metrics"].items():
-        shown = []
-        for name in names:
-            extra = options.get(name)
-            if extra:
-                name += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
-            shown.append(name)
-        parts.append(f"{method}: {', '.join(shown) or 'none'}")
-    return "; ".join(parts)
-
-
-def _confusion(summary: dict, names) -> str:
-    head = "<section id='confusion'>"
-    matrix = summary.get("confusion")
-    if matrix is None:
-        counts = summary["predicted_counts"]
-        cells = "".join(
-            f"<tr><th>{shell.escape(_label(c, names))}</th><td>{n}</td></tr>"
-            for c, n in enumerate(counts)
-        )
-        return (
-            f"{head}<h2>Predictions</h2><p class='rp-note'>No labels: samples per predicted "
-            f"class.</p><table><tr><th>class</th><th>samples</th></tr>{cells}</table></section>"
-        )
-    if len(matrix) > 50:
-        return (
-            f"{head}<h2>Confusion matrix</h2><p class='rp-note'>Over 50 classes: see "
-            "summary.json.</p></section>"
-        )
-    top = max(1, max(max(r) for r in matrix))
-    cols = "".join(f"<th>{shell.escape(_label(c, names))}</th>" for c in range(len(matrix)))
-    body = ""
-    for label, row in enumerate(matrix):
-        cells = ""
-        for pred, n in enumerate(row):
-            kind = "rp-diag" if label == pred else ("rp-off" if n else "")
-            shade = f" style='--share:{n / top:.3f}'" if n else ""
-            cells += f"<td class='{kind}'{shade}>{n or ''}</td>"
-        body += f"<tr><th>{shell.escape(_label(label, names))}</th>{cells}</tr>"
-    return (
-        f"{head}<h2>Confusion matrix</h2><p class='rp-note'>Rows: true class; columns: predicted "
-        "class. Off-diagonal cells are mistakes.</p>"
-        f"<table class='rp-confusion'><tr><th>true \\ predicted</th>{cols}</tr>{body}</table>"
-        "</section>"
-    )
 
 
 # -- one method ------------------------------------------------------------------------------------
@@ -388,18 +124,20 @@ def _rows(run: _Run, method: str) -> MethodRows:
 
 def _method(run: _Run, method: str, rows: MethodRows, maps: dict, mean_inputs: dict) -> str:
     entry = run.summary["methods"][method]
-    extremes, wanted = _picked_extremes(rows)
-    listed, pictured = _explorer_samples(run, rows, extremes)
+    picked, wanted = samples.extremes(rows)
+    cap = min(_PICTURED, _picture_budget(run))
+    listed, pictured = samples.explorer_samples(rows, picked, cap)
+    where = samples.position(rows)
     for s in pictured:
-        wanted.setdefault(s, set()).add(int(rows.predicted[_position(rows)[s]]))
+        wanted.setdefault(s, set()).add(int(rows.predicted[where[s]]))
     pictures = _pictures(run, method, wanted)
     parts = [
-        f"<section id='{_anchor(method)}'><h2>{shell.escape(method)}</h2>",
+        f"<section id='{anchor(method)}'><h2>{shell.escape(method)}</h2>",
         _metrics_table(rows, entry),
         _columns_table(entry),
         _mean_maps(run, method, entry, maps, mean_inputs),
-        _extremes(run, rows, extremes, pictures),
-        _explorer(run, method, rows, listed, pictures),
+        samples.cards_of_extremes(rows, picked, pictures, run.names),
+        samples.explorer(method, rows, listed, pictures, run.names, run.painter.kind),
         _distributions(entry, run.names),
         "</section>",
     ]
@@ -423,8 +161,8 @@ def _metrics_table(rows: MethodRows, entry: dict) -> str:
                     result.append(f"{field}: {stats['mean']:.1%} of {_per(column)}")
             elif "better" in column and "median" in stats:
                 result.append(
-                    f"{field}: median {_fmt(stats['median'])} "
-                    f"(5\u201395%: {_fmt(stats['q05'])} to {_fmt(stats['q95'])}), "
+                    f"{field}: median {fmt(stats['median'])} "
+                    f"(5\u201395%: {fmt(stats['q05'])} to {fmt(stats['q95'])}), "
                     f"{column['better']} is better"
                 )
         baseline = shell.escape(info.baseline)
@@ -433,7 +171,7 @@ def _metrics_table(rows: MethodRows, entry: dict) -> str:
             baseline += _against(info.reference[0], tally)
         better = ", ".join(f"{k}: {v}" for k, v in info.better.items()) or "no direction"
         body += (
-            f"<tr><th>{_docs_link(info)}</th><td>{shell.escape(info.measures)}"
+            f"<tr><th>{docs_link(info)}</th><td>{shell.escape(info.measures)}"
             f"<div class='rp-note'>Better: {shell.escape(better)}.</div></td>"
             f"<td>{'<br>'.join(shell.escape(r) for r in result) or '&mdash;'}</td>"
             f"<td>{baseline}</td></tr>"
@@ -452,7 +190,7 @@ def _against(column: str, tally: list) -> str:
         if total:
             parts.append(
                 f"{rows}: <b>{beaten / total:.0%}</b> ({int(beaten)} of {int(total)}; mean "
-                f"{shell.escape(column)} {_fmt(mine)}, random {_fmt(other)})"
+                f"{shell.escape(column)} {fmt(mine)}, random {fmt(other)})"
             )
     return "<div class='rp-against'>The map beats random order in " + "; ".join(parts) + ".</div>"
 
@@ -471,10 +209,10 @@ def _columns_table(entry: dict) -> str:
             info["per"],
             info.get("better", ""),
             s["count"],
-            _fmt(s.get("mean")),
-            _fmt(s.get("q05")),
-            _fmt(s.get("median")),
-            _fmt(s.get("q95")),
+            fmt(s.get("mean")),
+            fmt(s.get("q05")),
+            fmt(s.get("median")),
+            fmt(s.get("q95")),
             s["nonfinite"],
         ]
         body += "<tr>" + "".join(f"<td>{shell.escape(c)}</td>" for c in cells) + "</tr>"
@@ -527,11 +265,11 @@ def _mean_maps(run: _Run, method: str, entry: dict, maps: dict, mean_inputs: dic
     classes = sorted({c[1] for c in cells} | {c[0] for c in cells if c[0] >= 0})
     if labelled and len(classes) <= _FULL_MATRIX:
         n = max(classes) + 1
-        head = "".join(f"<th>{shell.escape(_label(p, run.names))}</th>" for p in range(n))
+        head = "".join(f"<th>{shell.escape(label(p, run.names))}</th>" for p in range(n))
         body = ""
-        for label in range(n):
-            row = "".join(cell((label, pred)) for pred in range(n))
-            body += f"<tr><th>{shell.escape(_label(label, run.names))}</th>{row}</tr>"
+        for truth in range(n):
+            row = "".join(cell((truth, pred)) for pred in range(n))
+            body += f"<tr><th>{shell.escape(label(truth, run.names))}</th>{row}</tr>"
         return (
             f"{title}<table class='rp-means'><tr><th>true \\ predicted</th>{head}</tr>{body}"
             "</table>"
@@ -581,7 +319,7 @@ def _distributions(entry: dict, names) -> str:
             right.plot([x, x], [s["q05"], s["q95"]], color="#999")
             right.plot([x, x], [s["q25"], s["q75"]], color="#2e6db4", linewidth=6)
             right.plot([x], [s["median"]], marker="_", color="black", markersize=12)
-        right.set_xticks(range(len(classes)), [_label(c, names) for c in classes], fontsize=8)
+        right.set_xticks(range(len(classes)), [label(c, names) for c in classes], fontsize=8)
         right.set_xlabel(
             ("class explained" if info["per"] == "sample and class" else "sample's class")
             + ": 5, 25, 50, 75, 95th percentiles"
@@ -590,182 +328,6 @@ def _distributions(entry: dict, names) -> str:
         "<details><summary>Distributions of every metric, over all rows and per class</summary>"
         + _img(fig)
         + "</details>"
-    )
-
-
-def _picked_extremes(rows: MethodRows) -> tuple[list[tuple], dict[int, set[int]]]:
-    """Per oriented column, the worst and best samples spread over classes; and the (sample,
-    class) pictures they need."""
-    picked, wanted = [], {}
-    for column in rows.columns:
-        ends = rows.candidates.get(column.key)
-        if not ends or column.flag:
-            continue
-        for end in ("worst", "best"):
-            items = spread(ends[end], _SHOWN)
-            picked.append((column, end, items))
-            for _, sample, _, shown in items:
-                wanted.setdefault(sample, set()).add(shown)
-    return picked, wanted
-
-
-def _extremes(run: _Run, rows: MethodRows, picked: list, pictures: dict) -> str:
-    if not picked:
-        return ""
-    position = _position(rows)
-    parts = [
-        "<h3>Worst and best samples</h3><p class='rp-note'>For each metric column with a "
-        f"direction, its {_SHOWN} worst and best rows, spread over the classes they explain "
-        "(and each sample once) so that one class does not fill the list. Each picture is the "
-        "map of the row's class, with the input under it.</p>"
-    ]
-    headline = _headlines([c for c, _, _ in picked])
-    by_column: dict[str, list] = {}
-    for column, end, items in picked:
-        by_column.setdefault(column.key, [column]).append((end, items))
-    for key, (column, *ends) in by_column.items():
-        inner = ""
-        for end, items in ends:
-            words = end
-            if _faithful(column.metric):
-                words = "least faithful" if end == "worst" else "most faithful"
-            cards = "".join(
-                _card(
-                    pictures.get((sample, shown), ""),
-                    sample,
-                    rows,
-                    position.get(sample),
-                    run.names,
-                    f"class {_label(shown, run.names)}: {_fmt(value)}",
-                )
-                for value, sample, _, shown in items
-            )
-            inner += f"<h4>{shell.escape(words)}</h4><div class='rp-cards'>{cards}</div>"
-        opened = " open" if key in headline else ""
-        parts.append(
-            f"<details class='rp-extremes'{opened}><summary>{shell.escape(key)} "
-            f"<small>({column.better} is better)</small></summary>{inner}</details>"
-        )
-    return "\n".join(parts)
-
-
-def _default_sort(columns: list[Column]) -> int:
-    """The explorer's first sort: the headline column of the first faithfulness metric, else of
-    any metric with a direction, else the sample number (-1)."""
-    oriented = [c for c in columns if c.better and not c.flag]
-    heads = _headlines(oriented)
-    ranked = sorted((c for c in oriented if c.key in heads), key=lambda c: not _faithful(c.metric))
-    return columns.index(ranked[0]) if ranked else -1
-
-
-def _headlines(columns: list[Column]) -> set[str]:
-    """The column shown first of each metric: its normalised or relative form where it has one."""
-    chosen: dict[str, str] = {}
-    for c in columns:
-        field = c.key.partition(".")[2]
-        if c.metric not in chosen or field in ("normalized_auc", "relative_gap"):
-            chosen[c.metric] = c.key
-    return set(chosen.values())
-
-
-def _card(picture: str, sample: int, rows: MethodRows, p: int | None, names, value: str) -> str:
-    """One sample's card: picture, number and verdict, a value (as the page's script draws)."""
-    verdict, state, mark = "", "", ""
-    if p is not None:
-        predicted = int(rows.predicted[p])
-        verdict = f"pred {_label(predicted, names)}"
-        if rows.label is not None:
-            label = int(rows.label[p])
-            verdict = f"true {_label(label, names)} \u00b7 {verdict}"
-            state, mark = ("rp-ok", "\u2713") if label == predicted else ("rp-bad", "\u2717")
-    picture = picture or "<div class='rp-nopic'>no picture</div>"
-    return (
-        f"<div class='rp-card' data-sample='{sample}'>{picture}<div class='rp-cap'>"
-        f"<b>#{sample}</b> <b class='{state}'>{mark}</b>"
-        f"<span class='{state}'>{shell.escape(verdict)}</span>"
-        f"<span class='rp-value'>{shell.escape(value)}</span></div></div>"
-    )
-
-
-def _explorer_samples(run: _Run, rows: MethodRows, picked: list) -> tuple[np.ndarray, list[int]]:
-    """The samples listed in the explorer (all, up to a limit) and those it pictures."""
-    n = len(rows.index)
-    listed = np.arange(n) if n <= _LISTED else np.unique(np.linspace(0, n - 1, _LISTED).astype(int))
-    cap = min(_PICTURED, _picture_budget(run))
-    if n <= cap:
-        return listed, [int(s) for s in rows.index]
-    chosen = list(dict.fromkeys(s for _, _, items in picked for _, s, _, _ in items))
-    wrong = []
-    if rows.label is not None:
-        wrong = [int(s) for s in rows.index[rows.label != rows.predicted]]
-    chosen += wrong[: cap // 3]
-    # then round-robin over the predicted classes, in data order
-    by_class: dict[int, list[int]] = {}
-    for s, c in zip(rows.index.tolist(), rows.predicted.tolist(), strict=True):
-        by_class.setdefault(c, []).append(s)
-    queues = [iter(v) for _, v in sorted(by_class.items())]
-    seen = set(chosen)
-    while len(seen) < cap and queues:
-        for q in list(queues):
-            s = next(q, None)
-            if s is None:
-                queues.remove(q)
-            elif s not in seen:
-                seen.add(s)
-                chosen.append(s)
-    chosen = list(dict.fromkeys(chosen))[:cap]
-    keep = set(chosen)
-    listed = np.union1d(listed, np.flatnonzero(np.isin(rows.index, list(keep))))
-    return listed, chosen
-
-
-def _explorer(run: _Run, method: str, rows: MethodRows, listed: np.ndarray, pictures: dict) -> str:
-    columns = [c for c in rows.columns]
-    table = []
-    for p in listed.tolist():
-        s = int(rows.index[p])
-        label = None if rows.label is None else int(rows.label[p])
-        predicted = int(rows.predicted[p])
-        values = [_number(rows.at_predicted[c.key][p]) for c in columns]
-        table.append([s, label, predicted, *values])
-    shown = {}
-    for (s, c), picture in pictures.items():
-        p = _position(rows).get(s)
-        if p is not None and int(rows.predicted[p]) == c:
-            shown[str(s)] = picture
-    classes = {int(c) for c in rows.predicted}
-    if rows.label is not None:
-        classes |= {int(c) for c in rows.label}
-    data = {
-        "method": method,
-        "columns": [{"key": c.key, "better": c.better, "flag": c.flag} for c in columns],
-        "sort": _default_sort(columns),
-        "rows": table,
-        "names": {str(c): _label(c, run.names) for c in sorted(classes)},
-        "labelled": rows.label is not None,
-        "pictures": shown,
-        "total": len(rows.index),
-    }
-    note = ""
-    if len(listed) < len(rows.index):
-        note = (
-            f" The explorer lists {len(listed)} of the {len(rows.index)} samples (evenly spaced, "
-            "and every pictured one); shards/*.jsonl hold every row."
-        )
-    what = (
-        "the map of the predicted class, the input under it."
-        if run.painter.kind == "image"
-        else "the predicted class's score of every position, coloured."
-    )
-    return (
-        f"<h3>Samples</h3><p class='rp-note'>Filter by true class, predicted class and "
-        "correctness, sort by any column; values are those of the predicted class's row (a "
-        "sample's own values for per-sample columns). "
-        f"{len(shown)} samples have pictures: {what}{note}</p>"
-        f"<div class='rp-explorer' id='explore-{_anchor(method)}'>"
-        "<p class='rp-noscript'>The sample explorer needs JavaScript.</p>"
-        f"<script type='application/json' class='rp-data'>{shell.script_data(data)}</script>"
-        "</div>"
     )
 
 
@@ -791,11 +353,11 @@ def _mean_inputs(run: _Run, rows: dict[str, MethodRows]) -> dict[tuple[int, int]
     if run.inputs is None or run.painter.kind != "image" or not rows:
         return {}
     first = next(iter(rows.values()))
-    label = first.label if first.label is not None else np.full(len(first.index), -1)
+    truth = first.label if first.label is not None else np.full(len(first.index), -1)
     sums: dict[tuple[int, int], torch.Tensor] = {}
     counts: dict[tuple[int, int], int] = {}
     samples = first.index.tolist()
-    keys = list(zip(label.tolist(), first.predicted.tolist(), strict=True))
+    keys = list(zip(truth.tolist(), first.predicted.tolist(), strict=True))
     for start in range(0, len(samples), 256):
         x = run.inputs(samples[start : start + 256]).detach().double().cpu()
         for j, key in enumerate(keys[start : start + 256]):
@@ -834,79 +396,15 @@ def _feature_maps(means: torch.Tensor, cells: list, names) -> Figure:
     return fig
 
 
-def _position(rows: MethodRows) -> dict[int, int]:
-    cached = getattr(rows, "_position", None)
-    if cached is None:
-        cached = {int(s): p for p, s in enumerate(rows.index.tolist())}
-        rows._position = cached  # type: ignore[attr-defined]
-    return cached
-
-
-def _docs_link(info: MetricInfo) -> str:
-    name = shell.escape(info.name)
-    if not info.docs:
-        return name
-    page = info.docs.removesuffix(".md") + "/"
-    where = f"docs: {info.title}"
-    if DOCS_URL:
-        href = shell.escape(DOCS_URL + page)
-        return f"{name}<div class='rp-doc'><a href='{href}'>{shell.escape(where)}</a></div>"
-    return (
-        f"{name}<div class='rp-doc' title='docs/{shell.escape(info.docs)}'>"
-        f"{shell.escape(where)} (docs/{shell.escape(info.docs)})</div>"
-    )
-
-
-def _faithful(metric: str) -> bool:
-    return metric in {"deletion", "insertion", "infidelity", "road", "completeness"}
-
-
 def _per(column: dict) -> str:
     return "rows" if column["per"] == "sample and class" else "samples"
 
 
-def _short(model: dict) -> str:
-    fingerprint = str(model.get("fingerprint", ""))
-    return fingerprint.split(":")[-1][:12] if fingerprint else "none"
-
-
-def _anchor(method: str) -> str:
-    return "m-" + "".join(ch if ch.isalnum() else "-" for ch in method)
-
-
 def _cell_label(cell: list, names) -> str:
-    label, pred, count = cell
-    if label < 0:
-        return f"predicted {_label(pred, names)} ({count})"
-    return f"true {_label(label, names)}, predicted {_label(pred, names)} ({count})"
-
-
-def _label(c: int, names) -> str:
-    try:
-        return class_label(c, names)
-    except ValueError:
-        return str(c)
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def _number(value: float) -> float | None:
-    v = float(value)
-    return float(f"{v:.6g}") if math.isfinite(v) else None
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
+    truth, pred, count = cell
+    if truth < 0:
+        return f"predicted {label(pred, names)} ({count})"
+    return f"true {label(truth, names)}, predicted {label(pred, names)} ({count})"
 
 
 def _img(picture: object) -> str:
