@@ -296,6 +296,12 @@ class Attribution:
 
         return attribution_png(self)
 
+    def _repr_html_(self) -> str | None:
+        """An interactive view (:func:`saliency.viz.view`): selectors, hover values, legend."""
+        from saliency.viz.viewer import notebook_view  # viz sits above this module
+
+        return notebook_view(self)
+
     def __repr__(self) -> str:
         v = self.values
         dtype = str(v.dtype).removeprefix("torch.")

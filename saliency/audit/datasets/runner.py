@@ -674,7 +674,15 @@ class _Job:
         if report:
             from .report import write_report  # matplotlib: imported only when drawing
 
-            write_report(self.out, summary, self.fetch, class_names=class_names, mean=mean, std=std)
+            write_report(
+                self.out,
+                summary,
+                self.fetch,
+                class_names=class_names,
+                mean=mean,
+                std=std,
+                inputs=self.inputs,
+            )
         self.manifest["finished"] = True
         manifests.write(self.out, self.manifest)
 
@@ -716,6 +724,18 @@ class _Job:
         if not xs:
             return torch.empty(0), [], []
         return torch.cat(xs), maps, found
+
+    def inputs(self, samples: Sequence[int]) -> torch.Tensor:
+        """The inputs of ``samples`` (sample ids), read again from the data, in that order."""
+        by_shard: dict[int, list[int]] = {}
+        for s in samples:
+            by_shard.setdefault(s // self.batch_size, []).append(s)
+        order = sorted(by_shard)
+        found: dict[int, torch.Tensor] = {}
+        for j, x, _ in self.source.batches([self.plan[i] for i in order]):
+            for s in by_shard[order[j]]:
+                found[s] = x[s - self.plan[order[j]].start]
+        return torch.stack([found[s] for s in samples])
 
     def read_summary(self) -> dict:
         return json.loads((self.out / "summary.json").read_text())
