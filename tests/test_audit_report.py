@@ -21,6 +21,7 @@ from PIL import Image
 
 import saliency.audit
 from saliency import models, viz
+from saliency.audit import records
 from saliency.audit.datasets import report as report_module
 from saliency.audit.datasets.report_pictures import Painter, kind_of
 from saliency.audit.datasets.report_rows import spread
@@ -124,7 +125,7 @@ def test_each_metric_says_what_it_measures_and_how_it_compares_with_random(run, 
     for metric in ("deletion", "class_sensitivity"):
         info = report_module.metric_info(metric)
         assert info.measures.replace("'", "&#x27;") in table
-        assert f"docs: {info.title}" in table and info.docs in table
+        assert f"docs/{info.docs}" in table and records.metric(metric).doc == info.docs
     assert "lower is better" in table
     # the map against its random order, counted here from the run's own rows
     every = rows

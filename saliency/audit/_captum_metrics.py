@@ -413,6 +413,8 @@ RECORDS = (
         doc="audit/infidelity-sensitivity.md",
         columns={"infidelity": "lower", "beta": None},
         needs=("input_maps",),
+        baseline="0: the map predicts every change exactly",
+        faithfulness=True,
     ),
     MetricRecord(
         name="sensitivity_max",
@@ -421,6 +423,7 @@ RECORDS = (
         explanation="how much each map changes, at most, when the input is nudged slightly",
         doc="audit/infidelity-sensitivity.md",
         columns={"sensitivity": "lower"},
+        baseline="0: the map does not move",
     ),
 )
 

@@ -183,6 +183,7 @@ RECORDS = (
         },
         needs=("gradients",),
         rows="all",
+        baseline="none: a property of the model near the sample",
     ),
 )
 

@@ -310,6 +310,8 @@ RECORDS = (
         columns={"auc": "lower", "random_auc": None, "normalized_auc": "lower"},
         random={"auc": "random_auc"},
         needs=("input_maps",),
+        baseline="the same curve in a random order (random_auc): a faithful map falls faster",
+        faithfulness=True,
     ),
     MetricRecord(
         name="insertion",
@@ -322,6 +324,8 @@ RECORDS = (
         columns={"auc": "higher", "random_auc": None, "normalized_auc": "higher"},
         random={"auc": "random_auc"},
         needs=("input_maps",),
+        baseline="the same curve in a random order (random_auc): a faithful map rises faster",
+        faithfulness=True,
     ),
     MetricRecord(
         name="road",
@@ -335,6 +339,8 @@ RECORDS = (
         needs=("input_maps",),
         inputs="images",
         directions=_road_better,
+        baseline="the same curve in a random order (random_auc): a faithful map falls faster",
+        faithfulness=True,
     ),
 )
 

@@ -70,6 +70,9 @@ class MetricRecord:
     of a method's Attribution (keys of :data:`saliency.methods.records.PROVIDES`); ``rows`` and
     ``inputs`` what it needs of the run (keys of :data:`ROWS` and :data:`INPUTS`).
     ``not_in_runs`` says why a data-set run cannot compute it per shard (None: it can).
+    ``baseline`` says in words what a map has to beat (or what value is ideal), for the report;
+    ``faithfulness`` marks the metrics that ask whether a map is faithful to the model, which the
+    report lists and sorts by first.
     """
 
     name: str
@@ -84,6 +87,8 @@ class MetricRecord:
     inputs: str = "any"
     directions: Callable[[Mapping[str, object]], Mapping[str, str | None]] | None = None
     not_in_runs: str | None = None
+    baseline: str = ""
+    faithfulness: bool = False
 
     def __post_init__(self) -> None:
         for column, direction in self.columns.items():
