@@ -136,12 +136,7 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
             f"DATA: {str(path)!r} has no class folders; expected one sub-folder of images per "
             "class (for loose images, use saliency explain)"
         )
-    images = {
-        folder: sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        for folder in folders
-    }
+    images = {folder: _images_in(folder) for folder in folders}
     # A folder without images is no class: left out before the labels are chosen, so that it
     # cannot shift the classes of the others.
     empty = [f.name for f in folders if not images[f]]
@@ -168,6 +163,18 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
     dataset = _Images(files, torch.tensor(labels), size, channels, mean, std, one, errors)
     names = [str(f) for f in files]
     return DataFiles(dataset, True, names, [f.name for f in folders], errors, labels_from)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The image files under ``folder``, hidden ones left out: a dotfile or anything inside a
+    hidden folder (``.ipynb_checkpoints``, ``.git``) is no sample."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _folder_ids(
