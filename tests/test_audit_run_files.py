@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
+import saliency.audit
 from saliency.audit.datasets.files import open_data
 
 
@@ -29,3 +32,24 @@ def test_hidden_files_and_folders_are_no_samples(tmp_path):
         "0/a.png", "0/sub/c.png", "1/a.png", "1/sub/c.png"
     ]  # fmt: skip
     assert data.class_names == ["0", "1"] and len(data.dataset) == 4
+
+
+def test_an_unreadable_first_image_is_skipped_and_named_not_fatal(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "0").mkdir(parents=True)
+    (folder / "0" / "a.png").write_bytes(b"not a png at all")  # sorts first
+    _image(folder / "0" / "b.png", 10)
+    _image(folder / "1" / "c.png", 200)
+    data = open_data(folder)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    run = saliency.audit.run(
+        model, data.dataset, out_dir=tmp_path / "out", metrics=["norms"], report=False
+    )
+    assert list(run.skipped) == [0] and run.summary["explained"] == 2
+    assert data.names[0].endswith("a.png") and "not a readable image" in data.errors[0]
+
+    for name in ("a.png", "b.png"):
+        (folder / "0" / name).write_bytes(b"broken")
+    (folder / "1" / "c.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match=r"none of the 3 images can be read \(the first, .*a\.png"):
+        open_data(folder)

@@ -154,7 +154,7 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
         channels = channels or shape[0]
         size = size or tuple(shape[1:])
     if size is None or channels is None:
-        first = read_image(files[0], size, channels)  # the first image decides, as in explain
+        first = _first_readable(files, size, channels)  # it decides, as in explain
         size, channels = size or first.shape[:2], channels or first.shape[2]
     one = (channels, *size)
     # Checked once here: a wrong count would otherwise fail on every image alike.
@@ -174,6 +174,22 @@ def _images_in(folder: Path) -> list[Path]:
         if p.is_file()
         and p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _first_readable(files: list[Path], size, channels) -> np.ndarray:
+    """The first image that can be read (it fixes the size and channels); those before it are
+    read again, and skipped and named, by the run."""
+    first_error = ""
+    for path in files:
+        try:
+            return read_image(path, size, channels)
+        except Exception as e:  # decoders raise many types; the next image may be fine
+            if path == files[0]:
+                first_error = f"{path}: {e or type(e).__name__}"
+    raise ValueError(
+        f"DATA: none of the {len(files)} images can be read (the first, {first_error}); give "
+        "image files (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM)"
     )
 
 
