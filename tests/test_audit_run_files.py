@@ -34,6 +34,29 @@ def test_hidden_files_and_folders_are_no_samples(tmp_path):
     assert data.class_names == ["0", "1"] and len(data.dataset) == 4
 
 
+@pytest.mark.parametrize(
+    "folders, match",
+    [
+        (["3", "03"], r"folders '03' and '3' both name class 3"),
+        (["3", "\u0663"], "folders '3' and '\u0663' both name class 3"),  # Arabic-Indic three
+        (["1", "\u00b2"], r"folders \['1'\] are class ids but \['\u00b2'\] are not"),
+    ],
+)
+def test_class_folders_that_collide_or_are_no_number_are_refused(tmp_path, folders, match):
+    for name in folders:
+        _image(tmp_path / name / "a.png")
+    with pytest.raises(ValueError, match=match):
+        open_data(tmp_path)
+
+
+def test_digits_of_another_script_are_class_ids(tmp_path):
+    for name in ("\u0660", "\u0662"):  # Arabic-Indic 0 and 2
+        _image(tmp_path / name / "a.png")
+    data = open_data(tmp_path)
+    assert data.labels_from == "folder names = class ids"
+    assert [int(data.dataset[i][1]) for i in range(2)] == [0, 2]
+
+
 def test_an_unreadable_first_image_is_skipped_and_named_not_fatal(tmp_path):
     folder = tmp_path / "data"
     (folder / "0").mkdir(parents=True)

@@ -210,15 +210,25 @@ def _folder_ids(
             )
         if matched:
             return [known.index(n) for n in names], "folder names = the model's classes"
-    numbers = [n for n in names if n.isdigit()]
+    # Decimal digits of any script are ids (int() reads them); '²' is a digit but no number.
+    numbers = [n for n in names if n.isdecimal()]
     if numbers and len(numbers) < len(names):
-        strangers = [n for n in names if not n.isdigit()]
+        strangers = [n for n in names if not n.isdecimal()]
         raise ValueError(
             f"DATA: in {str(path)!r}, folders {numbers} are class ids but {strangers} are not; "
             "rename or remove those folders (or name every folder by its class)"
         )
     if numbers:
-        return [int(n) for n in names], "folder names = class ids"
+        ids = [int(n) for n in names]
+        seen: dict[int, str] = {}
+        for name, i in zip(names, ids, strict=True):
+            if i in seen:
+                raise ValueError(
+                    f"DATA: in {str(path)!r}, folders {seen[i]!r} and {name!r} both name class "
+                    f"{i}; merge them or rename one"
+                )
+            seen[i] = name
+        return ids, "folder names = class ids"
     return list(range(len(names))), "folders in sorted order = classes 0, 1, ..."
 
 
