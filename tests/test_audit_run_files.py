@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import saliency.audit
 from saliency.audit.datasets.files import open_data
@@ -76,3 +77,28 @@ def test_an_unreadable_first_image_is_skipped_and_named_not_fatal(tmp_path):
     (folder / "1" / "c.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match=r"none of the 3 images can be read \(the first, .*a\.png"):
         open_data(folder)
+
+
+def test_tensor_files_that_are_not_numbers_are_refused_by_name(tmp_path):
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"objects\.npy' holds Python objects .* np\.save"):
+        open_data(objects)
+    words = tmp_path / "words.npy"
+    np.save(words, np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(ValueError, match=r"words\.npy' holds <U1 values; expected numbers"):
+        open_data(words)
+    cut = tmp_path / "cut.npy"
+    np.save(cut, np.zeros((4, 3), dtype=np.float32))
+    cut.write_bytes(cut.read_bytes()[:-7])
+    with pytest.raises(ValueError, match=r"cut\.npy' cannot be read as \.npy"):
+        open_data(cut)
+    damaged = tmp_path / "damaged.safetensors"
+    save_file({"x": torch.zeros(4, 3)}, damaged)
+    damaged.write_bytes(damaged.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=r"damaged\.safetensors' cannot be read as safetensors"):
+        open_data(damaged)
+    big_endian = tmp_path / "big.npy"
+    np.save(big_endian, np.arange(6, dtype=">f4").reshape(2, 3))
+    x = open_data(big_endian).dataset[1]
+    assert x.tolist() == [3.0, 4.0, 5.0]

@@ -239,8 +239,14 @@ def _some(names: list[str], shown: int = 10) -> str:
 def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            held = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                held = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors' own error type, for any damaged header
+            raise ValueError(
+                f"DATA: {str(path)!r} cannot be read as safetensors ({e}); it is damaged or "
+                "not a safetensors file"
+            ) from e
     elif suffix in (".pt", ".pth"):
         try:
             held = torch.load(path, map_location="cpu", weights_only=True)
@@ -251,7 +257,7 @@ def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             ) from e
         held = {"x": held} if isinstance(held, torch.Tensor) else held
     elif suffix == ".npy":
-        held = {"x": torch.from_numpy(np.load(path, allow_pickle=False))}
+        held = {"x": _npy(path)}
     else:
         raise ValueError(f"DATA: {str(path)!r} is not a .safetensors, .pt or .npy tensor file")
     if not isinstance(held, dict) or "x" not in held:
@@ -267,6 +273,28 @@ def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             )
         y = y.long()
     return x.to(torch.float32, copy=True), y
+
+
+def _npy(path: Path) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(
+                f"DATA: {str(path)!r} holds Python objects (an object array), which are not read: "
+                "unpickling can run code; save numbers, e.g. np.save(path, x.astype(np.float32))"
+            ) from None
+        raise ValueError(f"DATA: {str(path)!r} cannot be read as .npy ({e})") from e
+    except (OSError, EOFError) as e:
+        raise ValueError(f"DATA: {str(path)!r} cannot be read as .npy ({e})") from e
+    if not array.dtype.isnative:  # torch reads native byte order only
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"DATA: {str(path)!r} holds {array.dtype} values; expected numbers (bool, integer or "
+            "floating point)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _normalise(x: torch.Tensor, mean, std, what: str) -> torch.Tensor:
