@@ -54,7 +54,7 @@ def write_report(
     """Write ``out / "report.html"`` from the summary, its maps, and ``fetch`` for pictures.
 
     ``fetch(method, samples)`` returns the inputs of ``samples``, one method's Attribution rows
-    for them, and the samples found (see ``_Job.fetch``).
+    for them, and the samples found (see ``finisher.Pictures``).
     """
     manifest = json.loads((out / "manifest.json").read_text())
     maps = load_file(out / "summary.safetensors")

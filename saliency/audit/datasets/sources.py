@@ -11,14 +11,14 @@ Examples
 >>> source = as_source((torch.randn(10, 3), torch.arange(10) % 2))
 >>> len(source), source.labelled
 (10, True)
->>> [(x.shape[0], y.tolist()) for _, x, y in source.batches([range(0, 4), range(8, 10)])]
+>>> [(len(s), s.labels.tolist()) for _, s in source.batches([range(0, 4), range(8, 10)])]
 [(4, [0, 1, 0, 1]), (2, [0, 1])]
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import (
@@ -30,7 +30,66 @@ from torch.utils.data import (
     default_collate,
 )
 
-__all__ = ["Source", "as_source"]
+from .manifest import tensor_digest
+
+__all__ = ["Samples", "Source", "as_source"]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Consecutive samples of a data set as read: inputs, labels and per-sample forward arguments.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        ``[n, ...]``, what the methods explain.
+    labels : torch.Tensor or None
+        ``[n]`` integer class ids.
+    forward : dict
+        Per-sample keyword arguments of the model (``attention_mask``, ...), first dimension
+        ``n``: they follow their samples wherever samples are picked (:meth:`take`).
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor | None = None
+    forward: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, rows: torch.Tensor | Sequence[int] | slice) -> Samples:
+        """Some of the samples (a bool mask, indices or a slice), every part following its rows:
+        the one place where per-sample arguments are sliced."""
+        if not isinstance(rows, slice):
+            rows = torch.as_tensor(rows)
+            if rows.dtype != torch.bool:
+                rows = rows.to(torch.long)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[rows if isinstance(rows, slice) else rows.to(t.device)]
+
+        return Samples(
+            pick(self.x),
+            None if self.labels is None else pick(self.labels),
+            {name: pick(value) for name, value in self.forward.items()},
+        )
+
+    def to(self, device: torch.device) -> Samples:
+        """The samples on ``device`` (the model's); labels stay where they are."""
+        return Samples(
+            self.x.to(device),
+            self.labels,
+            {name: value.to(device) for name, value in self.forward.items()},
+        )
+
+    def digest(self) -> str:
+        """A hash of everything read (inputs, labels, forward arguments), to tell whether a
+        shard's data changed since it was made."""
+        parts = [self.x.detach().cpu(), None if self.labels is None else self.labels.cpu()]
+        for name in sorted(self.forward):
+            parts.append(torch.tensor(list(name.encode()), dtype=torch.uint8))
+            parts.append(self.forward[name].detach().cpu())
+        return tensor_digest(*parts)
 
 
 @dataclass(frozen=True)
@@ -57,10 +116,8 @@ class Source:
     def __len__(self) -> int:
         return self.length
 
-    def batches(
-        self, ranges: Sequence[range]
-    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
-        """``(i, x, labels)`` for each of ``ranges`` (consecutive sample indices), in order."""
+    def batches(self, ranges: Sequence[range]) -> Iterator[tuple[int, Samples]]:
+        """``(i, samples)`` for each of ``ranges`` (consecutive sample indices), in order."""
         for i, batch in self._read(ranges):
             x, labels = _split(batch, self.labelled)
             if x.shape[0] != len(ranges[i]):
@@ -68,7 +125,7 @@ class Source:
                     f"data: samples {ranges[i].start}-{ranges[i].stop - 1} gave a batch of "
                     f"{x.shape[0]}; expected {len(ranges[i])} (one per sample)"
                 )
-            yield i, x, labels
+            yield i, Samples(x, labels)
 
 
 def as_source(data: object) -> Source:

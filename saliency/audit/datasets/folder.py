@@ -1,0 +1,195 @@
+"""A run's folder: the lock, the manifest, what is resumed and what is started afresh.
+
+The leader opens the folder before any rank starts: it takes the lock (one launch per folder),
+removes the temporary files of a killed write, compares the manifest of an earlier launch with
+this one, finds the complete shards and checks their data, checks the free space, and writes the
+manifest. While shards complete it keeps the manifest's list of them current.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import manifest as manifests
+from . import shards
+from .arguments import rows_per_sample
+from .plan import Decisions, Plan, Probe, choose_strategy, identity
+
+__all__ = ["RunFolder"]
+
+LOCK = ".lock"
+RESULTS = ("summary.json", "summary.safetensors", "report.html")
+
+
+class RunFolder:
+    """The folder of a run, as its leader holds it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.manifest: dict = {}
+        self.done: set[int] = set()
+        self._lock = None
+
+    @property
+    def shards(self) -> Path:
+        return self.out / shards.SHARDS
+
+    # -- opening ---------------------------------------------------------------------------
+    def open(self, plan: Plan, seen: Probe, *, overwrite: bool) -> Decisions:
+        """Check the folder against this launch and write the manifest; what every rank needs.
+
+        Nothing is written before the arguments, the model and the data passed their checks
+        (the caller has probed them), and nothing of an earlier run is deleted unless it cannot
+        be resumed and ``overwrite`` says so.
+        """
+        parts = identity(plan, seen)
+        folder = self.shards
+        folder.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        shards.clean_temporary(folder)
+        shards.clean_temporary(self.out)
+        try:
+            old = manifests.read(self.out)
+        except manifests.Unreadable:
+            if not overwrite:
+                raise
+            self.delete_results()
+            old = None
+        if old is not None:
+            changed = manifests.differences({k: old.get(k) for k in parts}, parts)
+            # A run that completed no shard has nothing to lose (a launch refused by a check
+            # of its first shard, say): another configuration simply starts afresh.
+            if changed and not overwrite and any(folder.glob("*.done.json")):
+                raise ValueError(
+                    f"out_dir: {str(self.out)!r} holds a run made differently, so it cannot be "
+                    f"resumed: {'; '.join(changed)}. Run again as before, choose another out_dir, "
+                    "or pass overwrite=True to delete its results"
+                )
+            if changed:
+                self.delete_results()
+                old = None
+        strategy = old["strategy"] if old else choose_strategy(plan)
+        digest = manifests.digest({**parts, "strategy": strategy})
+        done = [i for i in range(len(plan.shards)) if shards.complete(folder, i, digest)]
+        changed_data = self._changed_data(plan, done)
+        if changed_data:
+            if not overwrite:
+                raise ValueError(
+                    f"data: samples {', '.join(changed_data)} are not those their complete shards "
+                    f"in {str(self.out)!r} were made from (other inputs or labels), so the run "
+                    "cannot be resumed. Run again with the data as before, choose another "
+                    "out_dir, or pass overwrite=True to delete its results"
+                )
+            self.delete_results()
+            done, old = [], None
+        todo = sorted(set(range(len(plan.shards))) - set(done))
+        estimate = _estimate(plan, todo, seen)
+        free = shutil.disk_usage(self.out).free
+        if estimate > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"out_dir: this run needs about {human(estimate)} for {len(todo)} shard(s) but "
+                f"{str(self.out)!r} has {human(free)} free"
+                + (
+                    "; keep_values=True stores every attribution: leave it off"
+                    if plan.keep_values
+                    else ""
+                ),
+            )
+        self.manifest = {
+            "format": manifests.FORMAT,
+            "version": manifests.VERSION,
+            **parts,
+            "strategy": strategy,
+            "digest": digest,
+            "shards": {"size": plan.batch_size, "count": len(plan.shards)},
+            "complete": shards.compress(done),
+            "estimated_bytes": _estimate(plan, range(len(plan.shards)), seen),
+            "finished": bool(old and old.get("finished")) and not todo,
+        }
+        manifests.write(self.out, self.manifest)
+        self.done = set(done)
+        return Decisions(
+            todo=todo,
+            digest=digest,
+            strategy=strategy,
+            metrics=plan.config["metrics"],
+            n_outputs=seen.n_outputs,
+            estimated_bytes=estimate,
+        )
+
+    def _changed_data(self, plan: Plan, done: Sequence[int]) -> list[str]:
+        """The sample ranges of the complete shards whose data differ from what they were made
+        from: each is read again (no model call) and hashed."""
+        changed = []
+        for j, samples in plan.source.batches([plan.shards[i] for i in done]):
+            record = shards.read_record(self.shards, done[j])
+            if record["data"] != samples.digest():
+                r = plan.shards[done[j]]
+                changed.append(f"{r.start}-{r.stop - 1}")
+        return changed
+
+    # -- while shards complete ---------------------------------------------------------------
+    def completed(self, shard: int) -> None:
+        """Record ``shard`` as complete in the manifest (the leader's own shards)."""
+        self.done.add(shard)
+        self.manifest["complete"] = shards.compress(self.done)
+        manifests.write(self.out, self.manifest)
+
+    def write_manifest(self) -> None:
+        manifests.write(self.out, self.manifest)
+
+    # -- the lock ------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the folder's lock, held until :meth:`release` or the process's end (the kernel
+        releases it even after SIGKILL), so that a second launch in this folder is refused."""
+        path = self.out / LOCK
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            handle.close()
+            raise RuntimeError(
+                f"out_dir: another run is using {str(self.out)!r} right now; wait for it to end"
+            ) from e
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
+
+    # -- deleting ------------------------------------------------------------------------------
+    def delete_results(self) -> None:
+        """Delete what a run writes (and nothing else): shards, summary, report, manifest."""
+        for entry in self.shards.iterdir():
+            if entry.is_file() and entry.name[:6].isdigit():
+                entry.unlink()
+        for name in (*RESULTS, manifests.NAME):
+            (self.out / name).unlink(missing_ok=True)
+
+
+def _estimate(plan: Plan, todo: Sequence[int], seen: Probe) -> int:
+    """Bytes the shards ``todo`` will take, generously (values dominate when kept)."""
+    x = seen.samples.x
+    samples = sum(len(plan.shards[i]) for i in todo)
+    k, d = rows_per_sample(plan.classes, seen.n_outputs), x[0].numel()
+    rows = samples * k * len(plan.methods)
+    columns = 1 + 3 * max(len(m) for m in plan.metrics.values())
+    per_row = 60 + 25 * columns + 4 * columns  # JSON line and binary columns
+    cells = samples * d * 8 * len(plan.methods)  # at most one mean-map cell per sample
+    values = rows * d * x.element_size() if plan.keep_values else 0
+    return int(rows * per_row + samples * seen.n_outputs * 4 + cells + values)
+
+
+def human(n: float) -> str:
+    """A byte count for people: ``"1.5 GB"``."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.3g} TB"

@@ -1,0 +1,210 @@
+"""The shard worker: explain one shard's samples with every method, measure them, write the files.
+
+Every rank runs one, on its own shards. A shard's seeds and strategies come from the plan and the
+leader's decisions only, so the same shard gives the same bytes on any rank, in any launch. A
+sample that cannot be explained (non-finite inputs or outputs) is left out and named; the rest of
+its shard goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import save
+
+from saliency.attribution import Attribution
+from saliency.targets import Contrast
+
+from . import methods as method_specs
+from . import metrics as metric_specs
+from . import shards
+from .plan import Decisions, Plan
+from .rows import cells, json_lines, wanted
+from .screen import finite_inputs, screen
+from .sources import Samples
+
+__all__ = ["Explained", "MethodResult", "ShardWorker"]
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One method's Attribution of a shard's kept samples and its columns ``[n, K]`` or ``[n]``."""
+
+    name: str
+    attribution: Attribution
+    columns: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """A shard's kept samples (their data-set indices and labels), why the others were left out
+    (position in the shard -> reason), and each method's result."""
+
+    index: torch.Tensor
+    labels: torch.Tensor | None
+    skipped: dict[int, str]
+    results: list[MethodResult] = field(default_factory=list)
+
+
+class ShardWorker:
+    """Computes and writes shards of a run, given its plan and the leader's decisions."""
+
+    def __init__(self, plan: Plan, decisions: Decisions) -> None:
+        self.plan = plan
+        self.decisions = decisions
+
+    def write(self, i: int, samples: Samples) -> None:
+        """Compute shard ``i`` from its ``samples`` and write its files, its record last."""
+        folder = self.plan.out / shards.SHARDS
+        done = self.explain(i, samples)
+        first = self.plan.shards[i].start
+        stem = shards.stem(i)
+        tensors: dict[str, torch.Tensor] = {"index": done.index}
+        if done.labels is not None:
+            tensors["label"] = done.labels
+        files: dict[str, dict] = {}
+        lines: list[str] = []
+        if done.results:
+            out = done.results[0].attribution.outputs.detach()
+            predicted = out.argmax(1)
+            tensors["outputs"], tensors["predicted"] = out, predicted
+            for result in done.results:
+                name, a = result.name, result.attribution
+                tensors[f"{name}/classes"] = a.classes
+                for col, value in result.columns.items():
+                    tensors[f"{name}/{col}"] = value
+                tensors.update(cells(name, a, done.labels, predicted))
+                if self.plan.keep_values:
+                    path = folder / f"{stem}.{name}.safetensors"
+                    a.save(path)  # the same bytes every launch
+                    files[path.name] = shards.hashed(path)
+            lines = json_lines(
+                done.index,
+                done.labels,
+                predicted,
+                [(r.name, r.attribution, r.columns) for r in done.results],
+            )
+        # clone: metric fields may share memory (one that is the labels); safetensors refuses that
+        blob = save({k: v.detach().cpu().clone() for k, v in tensors.items()})
+        files[f"{stem}.safetensors"] = shards.write_file(folder, f"{stem}.safetensors", blob)
+        files[f"{stem}.jsonl"] = shards.write_file(folder, f"{stem}.jsonl", "".join(lines).encode())
+        skipped = [{"index": first + j, "reason": why} for j, why in done.skipped.items()]
+        shards.write_record(
+            folder,
+            i,
+            {
+                "shard": i,
+                "samples": [first, self.plan.shards[i].stop],
+                "config": self.decisions.digest,
+                "data": samples.digest(),
+                "files": files,
+                "skipped": skipped,
+            },
+        )
+
+    def explain(
+        self,
+        i: int,
+        samples: Samples,
+        *,
+        only: str | None = None,
+        rows: dict[int, list[int]] | None = None,
+    ) -> Explained:
+        """Shard ``i``'s samples explained and measured.
+
+        For pictures, ``only`` recomputes one method without metrics, and ``rows`` (sample ->
+        class ids) restricts it to the classes wanted: the noise and path points are drawn for
+        the whole batch whatever the classes, so the maps are those of the full run.
+        """
+        samples = samples.to(self.plan.device)
+        keep, problems = finite_inputs(samples.x)
+        try:
+            return self._explain_kept(i, samples, keep, problems, only, rows)
+        except ValueError:
+            # A sample whose scores are NaN or inf stops the whole batch. Only now, one pass
+            # finds such samples (more when the batch fails as a whole), and the rest goes on.
+            # The leader's probe explained a sample of this data with this model: a batch whose
+            # samples all fail is bad data, skipped like any bad sample, on every rank and in
+            # every launch alike.
+            screened, why = screen(
+                self.plan.model,
+                samples.x,
+                output=self.plan.output,
+                whole_batch_may_fail=True,
+                index=self.plan.shards[i],
+            )
+            if torch.equal(screened, keep):
+                raise  # not about samples: the error stands
+            return self._explain_kept(i, samples, screened, why, only, rows)
+
+    def _explain_kept(self, i, samples: Samples, keep, problems, only, rows) -> Explained:
+        plan = self.plan
+        first = plan.shards[i].start
+        index = torch.tensor(list(plan.shards[i]), dtype=torch.long)[keep]
+        kept = samples.take(keep)
+        ys = kept.labels.to(plan.device) if kept.labels is not None else None
+        done = Explained(index, ys, problems)
+        if not len(kept):
+            return done
+        for spec in plan.methods:
+            if only is not None and spec.name != only:
+                continue
+            classes = ys[:, None] if plan.classes == "label" else plan.classes
+            if rows is not None and not isinstance(classes, Contrast):
+                classes = wanted(index, rows).to(plan.device)
+            a = method_specs.call(
+                spec,
+                plan.model,
+                kept.x,
+                classes,
+                output=plan.output,
+                max_memory=plan.max_memory,
+                strategy=self.decisions.strategy.get(spec.name),
+                seed=shards.shard_seed(plan.seed, first, spec.name),
+            )
+            if not bool(torch.isfinite(a.outputs.detach()).all()):
+                # A method of the caller's may pass NaN scores on: screening names the samples.
+                raise ValueError(
+                    f"methods: {spec.name!r} returned outputs holding NaN or inf for samples "
+                    f"{first}-{plan.shards[i].stop - 1}"
+                )
+            columns = {"score": a.outputs.detach().gather(1, a.classes.to(a.outputs.device))}
+            batch = metric_specs.Batch(
+                plan.model,
+                kept.x,
+                ys,
+                a,
+                self._seeded(spec, first),
+                plan.output,
+                plan.max_memory,
+                lambda name: shards.shard_seed(plan.seed, first, name),
+            )
+            for metric in plan.metrics[spec.name] if only is None else []:
+                try:
+                    found = metric.compute(batch)
+                except (ValueError, TypeError) as e:
+                    raise type(e)(
+                        f"metrics: {metric.name!r} on method {spec.name!r} (samples "
+                        f"{first}-{plan.shards[i].stop - 1}): {e}"
+                    ) from e
+                for name, value in found.items():
+                    columns[f"{metric.name}.{name}"] = value
+            done.results.append(MethodResult(spec.name, a, columns))
+        return done
+
+    def _seeded(self, spec: method_specs.MethodSpec, first: int) -> Callable[..., Attribution]:
+        """The method as a metric calls it again (on perturbed inputs): the run's seed, strategy
+        and output."""
+        plan, strategy = self.plan, self.decisions.strategy.get(spec.name)
+
+        def method(model, x, classes=None, **options):
+            options.setdefault("output", plan.output)
+            if spec.takes_seed:
+                options.setdefault("seed", shards.shard_seed(plan.seed, first, spec.name))
+            if spec.takes_strategy and strategy is not None:
+                options.setdefault("strategy", strategy)
+            return spec.func(model, x, classes, **options)
+
+        return method
