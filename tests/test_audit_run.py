@@ -621,3 +621,35 @@ def test_nan_outputs_are_skipped_even_when_the_method_lets_them_through(tmp_path
     )  # fmt: skip
     assert list(run.skipped) == [4] and "output" in run.skipped[4]
     assert run.summary["explained"] == 7
+
+
+# -- regressions: runs that never lose, mix or miscount (issue 17) -------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 40])
+def test_labels_outside_the_models_classes_are_refused_before_anything_is_written(tmp_path, bad):
+    # -1 was counted in the last class's row (a negative index wraps); 3 and 40 gave a 4x4 and a
+    # 41x41 confusion matrix for a 3-class model
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(12, 4), torch.arange(12) % 3
+    y[10] = bad
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"samples 10 are {bad}, not class ids of a model with 3"):
+        saliency.audit.run(model, (x, y), out_dir=out, metrics=["norms"], batch_size=4, **FAST)
+    assert not out.exists()
+
+
+def test_a_label_out_of_range_deep_in_a_dataset_stops_at_its_shard(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(24, 4), torch.arange(24) % 3
+    bad = y.clone()
+    bad[21] = 40  # past the first samples the leader reads: only its shard can see it
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=8, **FAST)
+    with pytest.raises(ValueError, match=r"labels of samples 21 are 40, .* 3 outputs \(0-2\)"):
+        saliency.audit.run(model, _Pairs(x, bad), **args)
+    fixed = saliency.audit.run(model, _Pairs(x, y), **args)
+    assert (fixed.computed, fixed.resumed) == (1, 2)
+    assert np.array(fixed.summary["confusion"]).shape == (3, 3)
+    assert np.array(fixed.summary["confusion"]).sum() == 24

@@ -30,6 +30,7 @@ __all__ = [
     "check_classes",
     "check_fit",
     "check_ids",
+    "check_labels",
     "check_metrics",
     "default_metrics",
     "misfit",
@@ -137,6 +138,25 @@ def check_ids(classes: object, n_outputs: int) -> None:
         raise ValueError(
             f"classes: ids {bad} are out of range for a model with {n_outputs} outputs"
         )
+
+
+def check_labels(labels: torch.Tensor | None, n_outputs: int, first: int = 0) -> None:
+    """Labels against the model's classes: each must be a class id ``0 .. n_outputs - 1``
+    (``-1`` would count in the last class's row, ``40`` would size the confusion matrix).
+    ``first`` is the data-set index of ``labels[0]``, for the message."""
+    if labels is None or not labels.numel():
+        return
+    bad = ((labels < 0) | (labels >= n_outputs)).nonzero().flatten()
+    if not bad.numel():
+        return
+    shown = bad[:8].tolist()
+    samples = ", ".join(str(first + i) for i in shown) + (", ..." if bad.numel() > 8 else "")
+    values = ", ".join(str(int(labels[i])) for i in shown)
+    raise ValueError(
+        f"data: the labels of samples {samples} are {values}, not class ids of a model with "
+        f"{n_outputs} outputs (0-{n_outputs - 1}); fix the labels, or pass the data without "
+        "labels to audit unlabelled samples"
+    )
 
 
 def rows_per_sample(classes: object, n_outputs: int) -> int:

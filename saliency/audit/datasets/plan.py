@@ -202,6 +202,11 @@ def narrowed(plan: Plan, seen: Probe) -> Plan:
     """The plan once the model's outputs are known: class ids checked, default metrics narrowed
     to what fits, every metric checked against every method."""
     arguments.check_ids(plan.classes, seen.n_outputs)
+    # Every label when they are at hand, else those of the first samples: a shard checks its own.
+    arguments.check_labels(
+        plan.source.labels if plan.source.labels is not None else seen.samples.labels,
+        seen.n_outputs,
+    )
     if plan.defaulted:
         plan = plan.keep_metrics(
             {m.name: arguments.default_metrics(plan.classes, seen.n_outputs) for m in plan.methods}

@@ -105,6 +105,8 @@ class Source:
         Whether samples come with integer class labels.
     batch_size : int or None
         The DataLoader's batch size, when the data came as one.
+    labels : torch.Tensor or None
+        Every label, when they are at hand without reading the samples (tensors).
     """
 
     kind: str
@@ -112,6 +114,7 @@ class Source:
     labelled: bool
     batch_size: int | None
     _read: Callable[[Sequence[range]], Iterator[tuple[int, object]]]
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -170,7 +173,7 @@ def _tensors(x: torch.Tensor, labels: object) -> Source:
             part = x[r.start : r.stop]
             yield i, part if labels is None else (part, labels[r.start : r.stop])
 
-    return Source("tensors", int(x.shape[0]), labels is not None, None, read)
+    return Source("tensors", int(x.shape[0]), labels is not None, None, read, labels)
 
 
 def _dataset(dataset: object) -> Source:

@@ -20,6 +20,7 @@ from saliency.targets import Contrast
 from . import methods as method_specs
 from . import metrics as metric_specs
 from . import shards
+from .arguments import check_labels
 from .plan import Decisions, Plan
 from .rows import cells, json_lines, wanted
 from .screen import finite_inputs, screen
@@ -58,8 +59,9 @@ class ShardWorker:
     def write(self, i: int, samples: Samples) -> None:
         """Compute shard ``i`` from its ``samples`` and write its files, its record last."""
         folder = self.plan.out / shards.SHARDS
-        done = self.explain(i, samples)
         first = self.plan.shards[i].start
+        check_labels(samples.labels, self.decisions.n_outputs, first)
+        done = self.explain(i, samples)
         stem = shards.stem(i)
         tensors: dict[str, torch.Tensor] = {"index": done.index}
         if done.labels is not None:
