@@ -653,3 +653,35 @@ def test_a_label_out_of_range_deep_in_a_dataset_stops_at_its_shard(tmp_path):
     assert (fixed.computed, fixed.resumed) == (1, 2)
     assert np.array(fixed.summary["confusion"]).shape == (3, 3)
     assert np.array(fixed.summary["confusion"]).sum() == 24
+
+
+def test_out_dirs_that_cannot_be_used_are_named(digits, tmp_path, monkeypatch):
+    model, _, x, y = digits
+    args = dict(metrics=["norms"], batch_size=12, **FAST)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    cases = [
+        ("", ValueError, r"out_dir: '' is no folder"),
+        (tmp_path / "a-file" / "sub", NotADirectoryError, r"is inside .*a-file', a file"),
+        (tmp_path / "dangling", FileNotFoundError, r"dangling' is a symbolic link to .*nowhere"),
+        (tmp_path / "dangling" / "sub", FileNotFoundError, r"symbolic link .* does not exist"),
+        ("/sys/kernel/saliency-audit", PermissionError, r"cannot be written \(permission denied"),
+    ]
+    for out, error, match in cases:
+        with pytest.raises(error, match=match):
+            saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert not (tmp_path / "nowhere").exists()
+
+    # a finished run on a file system mounted read-only: reopening it takes its lock
+    import errno
+
+    from saliency.audit.datasets import folder
+
+    saliency.audit.run(model, (x, y), out_dir=tmp_path / "done", **args)
+
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(folder, "open", read_only, raising=False)
+    with pytest.raises(PermissionError, match=r"read-only file system: .*\.lock\); a run writes"):
+        saliency.audit.run(model, (x, y), out_dir=tmp_path / "done", **args)

@@ -14,7 +14,9 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,7 @@ __all__ = [
     "check_ids",
     "check_labels",
     "check_metrics",
+    "check_out_dir",
     "default_metrics",
     "misfit",
     "rows_per_sample",
@@ -67,6 +70,30 @@ def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric
         chosen = metrics.get(name, [])
         chosen = [chosen] if isinstance(chosen, str) else list(chosen)
         out[name] = metric_specs.resolve(chosen, {m: options[m] for m in chosen if m in options})
+    return out
+
+
+def check_out_dir(out_dir: object) -> Path:
+    """``out_dir`` as a path a run can create or open: not empty, not a file, not under a file,
+    not a symbolic link to nowhere (checked without writing anything)."""
+    if not isinstance(out_dir, str | os.PathLike):
+        raise TypeError(f"out_dir: expected a folder path, got {type(out_dir).__name__}")
+    if os.fspath(out_dir) == "":
+        raise ValueError(
+            "out_dir: '' is no folder; name one ('.' for the current folder, if it is empty)"
+        )
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(
+                f"out_dir: {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does "
+                "not exist; create that folder or choose another out_dir"
+            )
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside {str(path)!r}, a file"
+                raise NotADirectoryError(f"out_dir: {str(out)!r} {where}, not a folder")
+            break
     return out
 
 

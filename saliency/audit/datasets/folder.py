@@ -8,10 +8,11 @@ manifest. While shards complete it keeps the manifest's list of them current.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import manifest as manifests
@@ -48,8 +49,11 @@ class RunFolder:
         """
         parts = identity(plan, seen)
         folder = self.shards
-        folder.mkdir(parents=True, exist_ok=True)
-        self.lock()
+        with _writable(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock()
+        with _writable(self.out):
+            folder.mkdir(exist_ok=True)
         shards.clean_temporary(folder)
         shards.clean_temporary(self.out)
         try:
@@ -171,6 +175,23 @@ class RunFolder:
                 entry.unlink()
         for name in (*RESULTS, manifests.NAME):
             (self.out / name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writable(out: Path) -> Iterator[None]:
+    """Turn a folder that cannot be written into an error that says so."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        why = "a read-only file system" if e.errno == errno.EROFS else "permission denied"
+        raise PermissionError(
+            f"out_dir: {str(out)!r} cannot be written ({why}: {e.filename}); a run writes its "
+            "lock, manifest and results there, even to reopen a finished run. Choose a "
+            "writable out_dir (to read a finished run, open its summary.json and report.html, "
+            "or copy the folder somewhere writable)"
+        ) from e
 
 
 def _estimate(plan: Plan, todo: Sequence[int], seen: Probe) -> int:

@@ -130,6 +130,7 @@ def make(
     """Check a run's arguments (as :func:`saliency.audit.run` takes them) and plan its shards."""
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
+    out = arguments.check_out_dir(out_dir)
     source = as_source(data)
     batch_size = arguments.check_batch_size(batch_size, source)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -157,9 +158,6 @@ def make(
         "keep_values": keep_values,
         "strategy": strategy,
     }
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out_dir: {str(out)!r} is a file, not a folder")
     return Plan(
         model=model,
         source=source,
