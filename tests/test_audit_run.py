@@ -655,6 +655,41 @@ def test_a_label_out_of_range_deep_in_a_dataset_stops_at_its_shard(tmp_path):
     assert np.array(fixed.summary["confusion"]).sum() == 24
 
 
+def test_a_folder_of_the_users_own_files_is_not_written_into(digits, tmp_path):
+    model, _, x, y = digits
+    args = dict(metrics=["norms"], batch_size=12, **FAST)
+    (tmp_path / "summary.json").write_text('{"mine": 1}')  # the user's, from another tool
+    (tmp_path / "report.html").write_text("<p>my report</p>")
+    with pytest.raises(FileExistsError, match=r"files of its own \(summary\.json, report\.html\)"):
+        saliency.audit.run(model, (x, y), out_dir=tmp_path, **args)
+    assert (tmp_path / "summary.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.json"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"notes\.txt.*empty folder or its own run"):
+        saliency.audit.run(model, (x, y), out_dir=other, **args)
+    run = saliency.audit.run(model, (x, y), out_dir=other, overwrite=True, **args)
+    assert run.computed == 2 and (other / "notes.txt").read_text() == "keep me"
+
+    replaced = saliency.audit.run(model, (x, y), out_dir=tmp_path, overwrite=True, **args)
+    assert json.loads((tmp_path / "summary.json").read_text()) == replaced.summary
+
+
+def test_shards_whose_manifest_is_gone_are_refused_not_replaced(digits, tmp_path):
+    model, _, x, y = digits
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=8, **FAST)
+    saliency.audit.run(model, (x, y), **args)
+    (tmp_path / "manifest.json").unlink()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+    with pytest.raises(FileExistsError, match=r"shard files \(000000\..*no manifest\.json"):
+        saliency.audit.run(model, (x, y), **args, seed=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()} == before
+    fresh = saliency.audit.run(model, (x, y), **args, seed=1, overwrite=True)
+    assert (fresh.computed, fresh.resumed) == (3, 0)
+
+
 def test_out_dirs_that_cannot_be_used_are_named(digits, tmp_path, monkeypatch):
     model, _, x, y = digits
     args = dict(metrics=["norms"], batch_size=12, **FAST)

@@ -49,9 +49,17 @@ class RunFolder:
         """
         parts = identity(plan, seen)
         folder = self.shards
+        had_lock = (self.out / LOCK).exists()
         with _writable(self.out):
             self.out.mkdir(parents=True, exist_ok=True)
             self.lock()
+        try:
+            self._check_contents(overwrite=overwrite)
+        except Exception:
+            self.release()
+            if not had_lock:
+                (self.out / LOCK).unlink(missing_ok=True)  # leave the folder as it was found
+            raise
         with _writable(self.out):
             folder.mkdir(exist_ok=True)
         shards.clean_temporary(folder)
@@ -126,6 +134,44 @@ class RunFolder:
             estimated_bytes=estimate,
         )
 
+    def _check_contents(self, *, overwrite: bool) -> None:
+        """A run writes only into an empty folder or its own run. A folder holding other files
+        (the user's own ``summary.json``, shards whose manifest is gone) is refused, unless
+        ``overwrite``: then the files a run writes are deleted, and nothing else."""
+        if (self.out / manifests.NAME).exists():
+            return  # a run's (read and checked by the caller)
+        produced = [n for n in RESULTS if (self.out / n).exists()]
+        found = (
+            sorted(e.name for e in self.shards.iterdir() if e.is_file() and e.name[:6].isdigit())
+            if self.shards.is_dir()
+            else []
+        )
+        others = sorted(
+            e.name
+            for e in self.out.iterdir()
+            if not e.name.startswith(".") and e.name not in (*RESULTS, shards.SHARDS)
+        )
+        if not (produced or found or others):
+            return
+        if overwrite:
+            self.delete_results()
+            return
+        if found:
+            what = (
+                f"shard files ({_few(found)}) but no {manifests.NAME}, so what made them cannot "
+                "be checked (was the manifest deleted?)"
+            )
+        else:
+            what = (
+                f"files of its own ({_few(produced + others)}) and no run of "
+                "saliency.audit.run; a run writes only into an empty folder or its own run"
+            )
+        raise FileExistsError(
+            f"out_dir: {str(self.out)!r} holds {what}. Choose another out_dir, or pass "
+            "overwrite=True to delete the files a run writes there (summary.json, "
+            "summary.safetensors, report.html, shards) and start over"
+        )
+
     def _changed_data(self, plan: Plan, done: Sequence[int]) -> list[str]:
         """The sample ranges of the complete shards whose data differ from what they were made
         from: each is read again (no model call) and hashed."""
@@ -170,7 +216,7 @@ class RunFolder:
     # -- deleting ------------------------------------------------------------------------------
     def delete_results(self) -> None:
         """Delete what a run writes (and nothing else): shards, summary, report, manifest."""
-        for entry in self.shards.iterdir():
+        for entry in self.shards.iterdir() if self.shards.is_dir() else []:
             if entry.is_file() and entry.name[:6].isdigit():
                 entry.unlink()
         for name in (*RESULTS, manifests.NAME):
@@ -192,6 +238,10 @@ def _writable(out: Path) -> Iterator[None]:
             "writable out_dir (to read a finished run, open its summary.json and report.html, "
             "or copy the folder somewhere writable)"
         ) from e
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def _estimate(plan: Plan, todo: Sequence[int], seen: Probe) -> int:
