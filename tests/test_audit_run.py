@@ -720,3 +720,49 @@ def test_out_dirs_that_cannot_be_used_are_named(digits, tmp_path, monkeypatch):
     monkeypatch.setattr(folder, "open", read_only, raising=False)
     with pytest.raises(PermissionError, match=r"read-only file system: .*\.lock\); a run writes"):
         saliency.audit.run(model, (x, y), out_dir=tmp_path / "done", **args)
+
+
+class _Tempered(torch.nn.Module):
+    """Logits divided by a plain attribute: no parameter or buffer sees it change."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.temperature = 1.0
+
+    def forward(self, x):
+        return self.linear(x) / self.temperature
+
+
+def test_a_model_that_behaves_otherwise_is_refused_whatever_changed(tmp_path):
+    torch.manual_seed(0)
+    model = _Tempered()
+    x, y = torch.randn(40, 4), torch.arange(40) % 3
+    args = dict(metrics=["norms"], batch_size=4, **FAST)
+    out = tmp_path / "t"
+    saliency.audit.run(model, (x, y), out_dir=out, **args)
+    for path in (out / "shards").glob("00000[5-9].done.json"):
+        path.unlink()  # as if killed after 5 of 10 shards
+    reference = _files(out)
+
+    model.temperature = 10.0  # the fingerprint of parameters, buffers and modes is the same
+    with pytest.raises(ValueError, match=r"model\.outputs: on sample \d, class \d scored .* now"):
+        saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert _files(out) == reference
+
+    model.temperature = 1.0  # as before: resumes, and the manifest keeps its first record
+    again = saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert (again.computed, again.resumed) == (5, 5)
+    whole = saliency.audit.run(model, (x, y), out_dir=tmp_path / "whole", **args)
+    assert _files(out) == _files(tmp_path / "whole") and whole.computed == 10
+
+    # a callable that is no Module is fingerprinted by name only; its outputs tell
+    def call(inputs):
+        return model(inputs)
+
+    saliency.audit.run(call, (x, y), out_dir=tmp_path / "c", **args)
+    (tmp_path / "c" / "shards" / "000009.done.json").unlink()
+    with torch.no_grad():
+        model.linear.bias += 0.5
+    with pytest.raises(ValueError, match=r"model\.outputs: on sample \d"):
+        saliency.audit.run(call, (x, y), out_dir=tmp_path / "c", **args)

@@ -15,6 +15,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from . import manifest as manifests
 from . import shards
 from .arguments import rows_per_sample
@@ -72,7 +74,10 @@ class RunFolder:
             self.delete_results()
             old = None
         if old is not None:
-            changed = manifests.differences({k: old.get(k) for k in parts}, parts)
+            then = {k: old.get(k) for k in parts}
+            then["model"] = {k: v for k, v in (then["model"] or {}).items() if k != "outputs"}
+            changed = manifests.differences(then, parts)
+            changed += _other_outputs(old, seen)
             # A run that completed no shard has nothing to lose (a launch refused by a check
             # of its first shard, say): another configuration simply starts afresh.
             if changed and not overwrite and any(folder.glob("*.done.json")):
@@ -112,10 +117,14 @@ class RunFolder:
                     else ""
                 ),
             )
+        # What the model answered on the first samples: compared within rounding, never part
+        # of the digest, and kept as first recorded so that a resumed run writes the same bytes.
+        recorded = (old or {}).get("model", {}).get("outputs") or _outputs(seen)
         self.manifest = {
             "format": manifests.FORMAT,
             "version": manifests.VERSION,
             **parts,
+            "model": {**parts["model"], "outputs": recorded},
             "strategy": strategy,
             "digest": digest,
             "shards": {"size": plan.batch_size, "count": len(plan.shards)},
@@ -221,6 +230,49 @@ class RunFolder:
                 entry.unlink()
         for name in (*RESULTS, manifests.NAME):
             (self.out / name).unlink(missing_ok=True)
+
+
+# Outputs recorded to tell a model that behaves otherwise: a few samples' worth, and a tolerance
+# for what only rounding changes (another number of threads, another launch on a GPU).
+_OUTPUT_VALUES = 2048
+_RTOL, _ATOL = 1e-4, 1e-5  # relative to each score, and to the largest one
+
+
+def _outputs(seen: Probe) -> dict:
+    scores = seen.scores.double()
+    rows = max(1, min(len(scores), _OUTPUT_VALUES // max(1, scores.shape[1])))
+    return {
+        "samples": seen.kept_index[:rows],
+        "values": scores[:rows, :_OUTPUT_VALUES].tolist(),
+    }
+
+
+def _other_outputs(old: dict, seen: Probe) -> list[str]:
+    """A line naming how the model's outputs on the first samples differ from those recorded,
+    if they do beyond rounding (a plain attribute changed, another wrapper); none else."""
+    recorded = (old.get("model") or {}).get("outputs")
+    if not isinstance(recorded, dict) or "values" not in recorded:
+        return []  # a run made before outputs were recorded: nothing to compare
+    then = torch.tensor(recorded["values"], dtype=torch.float64)
+    rows, columns = then.shape if then.ndim == 2 else (0, 0)
+    now = seen.scores.double()
+    if recorded.get("samples") != seen.kept_index[:rows] or now.shape[1] < columns:
+        return [
+            f"model.outputs: scores of samples {recorded.get('samples')} then, of samples "
+            f"{seen.kept_index[:rows]} now (the model's outputs or which samples it can explain "
+            "changed)"
+        ]
+    now = now[:rows, :columns]
+    gap = (now - then).abs()
+    scale = float(then.abs().max()) if then.numel() else 0.0
+    if bool((gap <= _RTOL * then.abs() + _ATOL * scale + 1e-30).all()):
+        return []
+    b, c = divmod(int(gap.argmax()), columns)
+    return [
+        f"model.outputs: on sample {seen.kept_index[b]}, class {c} scored {float(then[b, c]):.6g} "
+        f"then, {float(now[b, c]):.6g} now (the model behaves otherwise, whatever changed: an "
+        "attribute, a wrapper, a preprocessing step)"
+    ]
 
 
 @contextlib.contextmanager

@@ -86,6 +86,8 @@ class Probe:
         The first :data:`PROBE` samples, as read.
     kept : Samples
         Those the model explains (finite inputs and outputs).
+    kept_index : list of int
+        Their indices in the data set.
     n_outputs : int
         The model's number of classes.
     scores : torch.Tensor
@@ -95,6 +97,7 @@ class Probe:
 
     samples: Samples
     kept: Samples
+    kept_index: list[int]
     n_outputs: int
     scores: torch.Tensor
 
@@ -193,7 +196,8 @@ def probe(plan: Plan) -> Probe:
         )
     kept = on_device.take(keep)
     scores = outputs(plan.model, kept.x, output=plan.output)
-    return Probe(samples, kept, int(scores.shape[1]), scores.detach().cpu())
+    index = keep.nonzero().flatten().tolist()
+    return Probe(samples, kept, index, int(scores.shape[1]), scores.detach().cpu())
 
 
 def narrowed(plan: Plan, seen: Probe) -> Plan:
