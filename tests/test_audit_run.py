@@ -766,3 +766,30 @@ def test_a_model_that_behaves_otherwise_is_refused_whatever_changed(tmp_path):
         model.linear.bias += 0.5
     with pytest.raises(ValueError, match=r"model\.outputs: on sample \d"):
         saliency.audit.run(call, (x, y), out_dir=tmp_path / "c", **args)
+
+
+def test_a_finished_runs_summary_and_report_are_verified_and_drawn_again(digits, tmp_path):
+    model, info, x, y = digits
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=12, strategy="loop")
+    saliency.audit.run(model, (x[:12], y[:12]), **args)
+    original = _files(tmp_path)
+
+    def stamps():
+        return {n: (tmp_path / n).stat().st_mtime_ns for n in ("summary.json", "report.html")}
+
+    before = stamps()
+    saliency.audit.run(model, (x[:12], y[:12]), **args)  # nothing to do: nothing written
+    assert stamps() == before and _files(tmp_path) == original
+
+    damaged = bytearray(original["summary.safetensors"])
+    damaged[-1] ^= 1  # same size, other bytes
+    (tmp_path / "summary.safetensors").write_bytes(bytes(damaged))
+    (tmp_path / "summary.json").write_text(original["summary.json"].decode().replace("1.0", "0.5"))
+    (tmp_path / "report.html").write_text("<p>cut")
+    again = saliency.audit.run(model, (x[:12], y[:12]), **args)
+    assert _files(tmp_path) == original and again.summary["accuracy"] == 1.0
+
+    names = [f"digit {c}" for c in info.class_names]
+    saliency.audit.run(model, (x[:12], y[:12]), **args, class_names=names, mean=0.3, std=0.4)
+    assert "digit 7" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "summary.json").read_bytes() == original["summary.json"]

@@ -3,11 +3,15 @@ the report, recomputing the maps its pictures need exactly as their shards compu
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from safetensors.torch import load_file
 
 from saliency.attribution import Attribution
 
+from . import manifest as manifests
 from . import shards
 from .folder import RunFolder
 from .plan import Plan
@@ -26,8 +30,12 @@ def finish(
     std,
     report: bool,
 ) -> None:
-    """Write ``summary.json``, ``summary.safetensors`` and (``report``) ``report.html``, unless
-    a finished run already holds them."""
+    """Write ``summary.json``, ``summary.safetensors`` and (``report``) ``report.html``.
+
+    A finished run keeps them when each still has the SHA-256 its manifest recorded and the
+    report was drawn with these ``class_names``, ``mean`` and ``std``; a damaged or edited file
+    is written again, and a report drawn otherwise is drawn again.
+    """
     from .summary import write_summary
 
     digest = worker.decisions.digest
@@ -39,17 +47,30 @@ def finish(
         )
     manifest = folder.manifest
     manifest["complete"] = shards.compress(range(len(plan.shards)))
-    if manifest.get("finished") and _present(plan, report):
+    results = dict(manifest.get("results") or {})
+    files = dict(results.get("files") or {})
+    drawn = manifests.describe({"class_names": class_names, "mean": mean, "std": std})
+    summary_whole = bool(manifest.get("finished")) and all(
+        _whole(plan.out, name, files) for name in SUMMARY
+    )
+    report_whole = not report or (
+        summary_whole and _whole(plan.out, REPORT, files) and results.get("report") == drawn
+    )
+    if summary_whole and report_whole:
         folder.write_manifest()
         return
     manifest["finished"] = False
     folder.write_manifest()
-    summary = write_summary(
-        plan.out,
-        manifest,
-        [m.name for m in plan.methods],
-        {m.name: m.better for ms in plan.metrics.values() for m in ms},
-    )
+    if summary_whole:
+        summary = json.loads((plan.out / "summary.json").read_text())
+    else:
+        summary = write_summary(
+            plan.out,
+            manifest,
+            [m.name for m in plan.methods],
+            {m.name: m.better for ms in plan.metrics.values() for m in ms},
+        )
+        files.update({name: shards.hashed(plan.out / name) for name in SUMMARY})
     if report:
         from .report import write_report  # matplotlib: imported only when drawing
 
@@ -61,13 +82,24 @@ def finish(
             mean=mean,
             std=std,
         )
+        files[REPORT] = shards.hashed(plan.out / REPORT)
+        results["report"] = drawn
+    manifest["results"] = {**results, "files": files}
     manifest["finished"] = True
     folder.write_manifest()
 
 
-def _present(plan: Plan, report: bool) -> bool:
-    names = ["summary.json", "summary.safetensors"] + (["report.html"] if report else [])
-    return all((plan.out / n).exists() for n in names)
+SUMMARY = ("summary.json", "summary.safetensors")
+REPORT = "report.html"
+
+
+def _whole(out: Path, name: str, files: dict) -> bool:
+    """Whether ``out / name`` has the size and SHA-256 recorded in ``files``."""
+    recorded = files.get(name)
+    try:
+        return recorded is not None and shards.hashed(out / name) == recorded
+    except OSError:
+        return False
 
 
 class Pictures:

@@ -132,6 +132,8 @@ class RunFolder:
             "estimated_bytes": _estimate(plan, range(len(plan.shards)), seen),
             "finished": bool(old and old.get("finished")) and not todo,
         }
+        if old and old.get("results"):  # the hashes of the summary and report, checked at the end
+            self.manifest["results"] = old["results"]
         manifests.write(self.out, self.manifest)
         self.done = set(done)
         return Decisions(
