@@ -138,7 +138,7 @@ def run(
                 f"layer: {p.layer_name} ran {layer_box['calls']} times in one forward pass, so "
                 "'its output' is ambiguous; pick a module that runs once"
             )
-    scores, pre = p.finish(raw, n)
+    scores, pre = p.finish(raw, n, kwargs)
     check_finite(scores, rows, repeats)
     return Pass(scores, pre, layer_box.get("value"), head_call, w)
 
