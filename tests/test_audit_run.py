@@ -793,3 +793,32 @@ def test_a_finished_runs_summary_and_report_are_verified_and_drawn_again(digits,
     saliency.audit.run(model, (x[:12], y[:12]), **args, class_names=names, mean=0.3, std=0.4)
     assert "digit 7" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "summary.json").read_bytes() == original["summary.json"]
+
+
+class _SqrtOfFirst(torch.nn.Module):
+    """Finite everywhere, but the derivative of sqrt(|x0|) is infinite where x0 = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.linear(x) + torch.sqrt(x[:, :1].abs())
+
+
+def test_a_sample_with_an_infinite_gradient_is_skipped_and_named_and_resumes(tmp_path):
+    # It stopped the run naming "(row in the chunk, target)", and every resume stopped there.
+    torch.manual_seed(0)
+    model = _SqrtOfFirst()
+    x = torch.randn(12, 5)
+    x[5, 0] = 0.0
+    args = dict(out_dir=tmp_path, metrics=["norms", "deletion"], batch_size=4, **FAST)
+    run = saliency.audit.run(model, x, **args)
+    assert list(run.skipped) == [5] and "gradient is infinite or NaN" in run.skipped[5]
+    rows = _rows(tmp_path)
+    assert {r["index"] for r in rows} == set(range(12)) - {5}
+    direct = saliency.gradients(model, x[[4, 6, 7]], strategy="loop")  # shard 1 without 5
+    l1 = torch.tensor([r["norms.l1"] for r in rows if r["index"] in (4, 6, 7)]).view(3, 2)
+    torch.testing.assert_close(l1, direct.values.abs().sum(-1), rtol=1e-6, atol=1e-6)
+    again = saliency.audit.run(model, x, **args)
+    assert (again.computed, again.resumed) == (0, 3) and list(again.skipped) == [5]

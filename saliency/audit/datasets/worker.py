@@ -8,6 +8,7 @@ its shard goes on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -124,12 +125,13 @@ class ShardWorker:
         keep, problems = finite_inputs(samples.x)
         try:
             return self._explain_kept(i, samples, keep, problems, only, rows)
-        except ValueError:
+        except ValueError as error:
             # A sample whose scores are NaN or inf stops the whole batch. Only now, one pass
             # finds such samples (more when the batch fails as a whole), and the rest goes on.
             # The leader's probe explained a sample of this data with this model: a batch whose
             # samples all fail is bad data, skipped like any bad sample, on every rank and in
             # every launch alike.
+            failed = error
             screened, why = screen(
                 self.plan.model,
                 samples.x,
@@ -137,9 +139,38 @@ class ShardWorker:
                 whole_batch_may_fail=True,
                 index=self.plan.shards[i],
             )
-            if torch.equal(screened, keep):
-                raise  # not about samples: the error stands
-            return self._explain_kept(i, samples, screened, why, only, rows)
+            if not torch.equal(screened, keep):
+                try:
+                    return self._explain_kept(i, samples, screened, why, only, rows)
+                except ValueError as again:
+                    failed = again
+            # Finite scores, yet the batch fails: a sample whose gradient is infinite, say. Each
+            # sample is tried alone, and those that fail alone are left out and named.
+            alone, reasons = self._isolate(i, samples, screened, only, rows)
+            if alone is None:
+                raise failed from None  # not about samples: the error stands
+            return self._explain_kept(i, samples, alone, {**why, **reasons}, only, rows)
+
+    def _isolate(self, i, samples: Samples, keep, only, rows):
+        """Which of the samples ``keep`` can be explained and measured alone, and why each other
+        one cannot; None when none fails alone, or when all do for a reason other than
+        non-finite values (then the fault is not the samples')."""
+        reasons: dict[int, str] = {}
+        for p in keep.nonzero().flatten().tolist():
+            one = torch.zeros_like(keep)
+            one[p] = True
+            try:
+                self._explain_kept(i, samples, one, {}, only, rows)
+            except ValueError as e:
+                reasons[p] = _reason(e)
+        kept = int(keep.sum())
+        if not reasons or (
+            len(reasons) == kept and not all(r.startswith(_NON_FINITE) for r in reasons.values())
+        ):
+            return None, {}
+        alone = keep.clone()
+        alone[list(reasons)] = False
+        return alone, reasons
 
     def _explain_kept(self, i, samples: Samples, keep, problems, only, rows) -> Explained:
         plan = self.plan
@@ -210,3 +241,19 @@ class ShardWorker:
             return spec.func(model, x, classes, **options)
 
         return method
+
+
+_NON_FINITE = "non-finite:"
+
+
+def _reason(error: Exception) -> str:
+    """Why a sample was left out, from the error it gave alone."""
+    text = str(error)
+    if "gradient is infinite or NaN" in text:
+        return (
+            f"{_NON_FINITE} its gradient is infinite or NaN although the output is finite (an "
+            "infinite derivative there: sqrt or log at 0, a division by ~0)"
+        )
+    if re.search(r"\b(NaN|inf|infinite)\b", text):
+        return f"{_NON_FINITE} {text}"
+    return f"it fails alone: {text}"
