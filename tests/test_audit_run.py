@@ -822,3 +822,37 @@ def test_a_sample_with_an_infinite_gradient_is_skipped_and_named_and_resumes(tmp
     torch.testing.assert_close(l1, direct.values.abs().sum(-1), rtol=1e-6, atol=1e-6)
     again = saliency.audit.run(model, x, **args)
     assert (again.computed, again.resumed) == (0, 3) and list(again.skipped) == [5]
+
+
+class _Ragged(Dataset):
+    """Samples of 3 features, then of 4 from ``change`` on."""
+
+    def __init__(self, n, change):
+        self.n, self.change = n, change
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.full((3 if i < self.change else 4,), float(i))
+
+
+def test_empty_data_and_samples_that_change_shape_are_named(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    args = dict(metrics=["norms"], batch_size=4, **FAST)
+    with pytest.raises(ValueError, match=r"data: x holds no sample \(shape \(0, 3\)\)"):
+        saliency.audit.run(model, torch.empty(0, 3), out_dir=tmp_path / "e", **args)
+    with pytest.raises(ValueError, match=r"no sample"):
+        saliency.audit.run(model, (torch.empty(0, 3), torch.empty(0, dtype=torch.long)),
+                           out_dir=tmp_path / "e", **args)  # fmt: skip
+    # within the first samples, within a later shard, and between shards
+    for change, match in [
+        (6, r"samples 0-7 cannot be stacked .*sample 0 has shape \[3\] and sample 6 \[4\]"),
+        (14, r"samples 12-15 cannot be stacked .*sample 12 has shape \[3\] and sample 14 \[4\]"),
+        (12, r"samples 12-15 have shape \[4\], the first samples \[3\]; every sample must"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            saliency.audit.run(model, _Ragged(20, change), out_dir=tmp_path / f"r{change}", **args)
+    loader = DataLoader(_Ragged(20, 14), batch_size=4)
+    with pytest.raises(ValueError, match=r"samples 12-15 cannot be stacked into one batch"):
+        saliency.audit.run(model, loader, out_dir=tmp_path / "l", **{**args, "batch_size": None})

@@ -142,6 +142,7 @@ class RunFolder:
             strategy=strategy,
             metrics=plan.config["metrics"],
             n_outputs=seen.n_outputs,
+            shape=list(seen.samples.x.shape[1:]),
             estimated_bytes=estimate,
         )
 

@@ -111,6 +111,7 @@ class Decisions:
     strategy: dict[str, str | None]  # method name -> engine strategy, fixed for the whole run
     metrics: dict[str, list[str]]  # method name -> metric names, after the defaults narrowed
     n_outputs: int
+    shape: list[int]  # one sample's, as the first samples have it: every sample must
     estimated_bytes: int  # what this launch expects to write
 
 

@@ -160,6 +160,8 @@ def as_source(data: object) -> Source:
 def _tensors(x: torch.Tensor, labels: object) -> Source:
     if x.ndim < 2:
         raise ValueError(f"data: x must have a batch dimension, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"data: x holds no sample (shape {tuple(x.shape)}); expected at least one")
     if labels is not None:
         labels = _labels(labels, "data: labels")
         if labels.shape[0] != x.shape[0]:
@@ -182,7 +184,14 @@ def _dataset(dataset: object) -> Source:
 
     def read(ranges: Sequence[range]) -> Iterator[tuple[int, object]]:
         for i, r in enumerate(ranges):
-            yield i, default_collate([dataset[j] for j in r])
+            items = [dataset[j] for j in r]
+            try:
+                batch = default_collate(items)
+            except RuntimeError as e:
+                if not _shapes_differ(e):
+                    raise
+                raise ValueError(_unbatchable(r, items, e)) from e
+            yield i, batch
 
     return Source("dataset", length, labelled, None, read)
 
@@ -225,9 +234,41 @@ def _loader(loader: DataLoader) -> Source:
             multiprocessing_context=loader.multiprocessing_context,
             persistent_workers=False,
         )
-        yield from enumerate(batches)
+        batches = iter(batches)
+        for position, r in enumerate(ranges):
+            try:
+                batch = next(batches)
+            except RuntimeError as e:
+                if not _shapes_differ(e):
+                    raise
+                raise ValueError(_unbatchable(r, None, e)) from e
+            yield position, batch
 
     return Source("loader", length, labelled, loader.batch_size, read)
+
+
+def _shapes_differ(error: Exception) -> bool:
+    """Whether ``error`` is torch.stack's (through default_collate) about unequal shapes."""
+    return "stack expects each tensor to be equal size" in str(error)
+
+
+def _unbatchable(r: range, items: list | None, error: Exception) -> str:
+    """Why samples ``r`` could not be stacked into one batch, naming two that differ."""
+    shapes = {}
+    for j, item in zip(r, items or [], strict=False):
+        x = item[0] if isinstance(item, tuple | list) else item
+        if isinstance(x, torch.Tensor):
+            shapes.setdefault(tuple(x.shape), j)
+    if len(shapes) > 1:
+        (a, i), (b, j) = list(shapes.items())[:2]
+        what = f"sample {i} has shape {list(a)} and sample {j} {list(b)}"
+    else:
+        what = f"{str(error).strip().splitlines()[0]}"
+    return (
+        f"data: samples {r.start}-{r.stop - 1} cannot be stacked into one batch ({what}); every "
+        "sample must have the same shape: resize or pad them to one (for text: pad every "
+        "sequence to one length)"
+    )
 
 
 def _length(dataset: object) -> int:

@@ -62,6 +62,13 @@ class ShardWorker:
         folder = self.plan.out / shards.SHARDS
         first = self.plan.shards[i].start
         check_labels(samples.labels, self.decisions.n_outputs, first)
+        if list(samples.x.shape[1:]) != self.decisions.shape:
+            raise ValueError(
+                f"data: samples {first}-{self.plan.shards[i].stop - 1} have shape "
+                f"{list(samples.x.shape[1:])}, the first samples {self.decisions.shape}; every "
+                "sample must have the same shape: resize or pad them to one (for text: pad "
+                "every sequence to one length)"
+            )
         done = self.explain(i, samples)
         stem = shards.stem(i)
         tensors: dict[str, torch.Tensor] = {"index": done.index}
