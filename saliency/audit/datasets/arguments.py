@@ -15,7 +15,7 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -43,11 +43,22 @@ __all__ = [
 DEFAULT_METRICS = ("deletion", "class_sensitivity")
 
 
-def default_metrics(classes: object, n_outputs: int | None = None) -> list[str]:
+# Metrics that perturb or differentiate the inputs themselves: they need floating inputs.
+PERTURB_INPUTS = ("deletion", "insertion", "road", "infidelity", "sensitivity_max", "margins")
+
+
+def default_metrics(
+    classes: object, n_outputs: int | None = None, *, token_ids: bool = False
+) -> list[str]:
     """The metrics of a run that names none: :data:`DEFAULT_METRICS`, without
-    ``class_sensitivity`` when each sample gets one row (nothing to compare it with)."""
+    ``class_sensitivity`` when each sample gets one row (nothing to compare it with), and
+    without those that perturb the inputs when these are token ids."""
     k = rows_per_sample(classes, n_outputs) if n_outputs is not None or classes is not None else 2
-    return [m for m in DEFAULT_METRICS if m != "class_sensitivity" or k >= 2]
+    return [
+        m
+        for m in DEFAULT_METRICS
+        if (m != "class_sensitivity" or k >= 2) and not (token_ids and m in PERTURB_INPUTS)
+    ]
 
 
 def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric_specs.MetricSpec]]:
@@ -225,10 +236,12 @@ def check_fit(
     methods: list[method_specs.MethodSpec],
     classes: object,
     n_outputs: int,
-    shape: Sequence[int],
+    x: torch.Tensor,
 ) -> None:
     """Refuse, before anything runs, a metric that cannot measure a method's rows: too few
-    classes per sample, the wrong method, or samples that are not images."""
+    classes per sample, the wrong method, samples that are not images, or token ids where a
+    metric perturbs the inputs (``x``: the first samples)."""
+    shape = x.shape[1:]
     k = rows_per_sample(classes, n_outputs)
     asked = f"classes={_described(classes)} gives {k} per sample"
     for spec in methods:
@@ -250,6 +263,13 @@ def check_fit(
                 raise ValueError(
                     "metrics: 'margins' compares every class with each sample's own and needs "
                     f"all {n_outputs} classes of the model (classes=None), but {asked}"
+                )
+            if metric in PERTURB_INPUTS and not x.is_floating_point():
+                raise ValueError(
+                    f"metrics: {metric!r} perturbs or differentiates the inputs themselves, but "
+                    f"the data's samples are {x.dtype} (token ids?), which have no values in "
+                    "between; measure attributions of token ids with class_sensitivity, "
+                    "completeness or norms"
                 )
             if metric == "road" and len(shape) != 3:
                 raise ValueError(

@@ -34,6 +34,7 @@ from . import arguments, shards
 from . import manifest as manifests
 from . import methods as method_specs
 from . import metrics as metric_specs
+from .embeddings import on_token_ids
 from .screen import screen
 from .sources import Samples, Source, as_source
 
@@ -146,9 +147,11 @@ def make(
     classes = arguments.check_classes(classes, source)
     budget = parse_memory(max_memory)
     method_list = method_specs.resolve(methods)
+    if source.integer_x:  # token ids: this package's methods differentiate the embeddings
+        method_list = on_token_ids(method_list, model)
     defaulted = metrics is None
     if defaulted:  # narrowed once the model's outputs are known (narrowed)
-        metrics = arguments.default_metrics(classes)
+        metrics = arguments.default_metrics(classes, token_ids=source.integer_x)
     metric_list = arguments.check_metrics(metrics, metric_options, [m.name for m in method_list])
     config = {
         "methods": {m.name: manifests.describe(m.func) for m in method_list},
@@ -188,7 +191,12 @@ def probe(plan: Plan) -> Probe:
     _, samples = next(plan.source.batches([first]))
     on_device = samples.to(plan.device)
     keep, _ = screen(
-        plan.model, on_device.x, output=plan.output, whole_batch_may_fail=True, index=list(first)
+        plan.model,
+        on_device.x,
+        output=plan.output,
+        whole_batch_may_fail=True,
+        index=list(first),
+        forward=on_device.forward,
     )
     if not bool(keep.any()):
         raise ValueError(
@@ -196,7 +204,7 @@ def probe(plan: Plan) -> Probe:
             "inputs or outputs); check the data and the model"
         )
     kept = on_device.take(keep)
-    scores = outputs(plan.model, kept.x, output=plan.output)
+    scores = outputs(plan.model, kept.x, output=plan.output, **kept.forward)
     index = keep.nonzero().flatten().tolist()
     return Probe(samples, kept, index, int(scores.shape[1]), scores.detach().cpu())
 
@@ -210,13 +218,13 @@ def narrowed(plan: Plan, seen: Probe) -> Plan:
         plan.source.labels if plan.source.labels is not None else seen.samples.labels,
         seen.n_outputs,
     )
+    x = seen.samples.x
     if plan.defaulted:
-        plan = plan.keep_metrics(
-            {m.name: arguments.default_metrics(plan.classes, seen.n_outputs) for m in plan.methods}
+        fit = arguments.default_metrics(
+            plan.classes, seen.n_outputs, token_ids=not x.is_floating_point()
         )
-    arguments.check_fit(
-        plan.metrics, plan.methods, plan.classes, seen.n_outputs, seen.samples.x.shape[1:]
-    )
+        plan = plan.keep_metrics({m.name: fit for m in plan.methods})
+    arguments.check_fit(plan.metrics, plan.methods, plan.classes, seen.n_outputs, x)
     return plan
 
 

@@ -145,6 +145,7 @@ class ShardWorker:
                 output=self.plan.output,
                 whole_batch_may_fail=True,
                 index=self.plan.shards[i],
+                forward=samples.forward,
             )
             if not torch.equal(screened, keep):
                 try:
@@ -203,6 +204,7 @@ class ShardWorker:
                 max_memory=plan.max_memory,
                 strategy=self.decisions.strategy.get(spec.name),
                 seed=shards.shard_seed(plan.seed, first, spec.name),
+                forward=kept.forward,
             )
             if not bool(torch.isfinite(a.outputs.detach()).all()):
                 # A method of the caller's may pass NaN scores on: screening names the samples.
@@ -220,6 +222,7 @@ class ShardWorker:
                 plan.output,
                 plan.max_memory,
                 lambda name: shards.shard_seed(plan.seed, first, name),
+                kept.forward,
             )
             for metric in plan.metrics[spec.name] if only is None else []:
                 try:
