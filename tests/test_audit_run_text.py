@@ -212,3 +212,33 @@ class _WithText(Dataset):
 def test_a_dict_entry_that_is_no_tensor_says_it_would_reach_the_model(tmp_path):
     with pytest.raises(TypeError, match=r"'text' holds a str, not a tensor .* keyword argument"):
         saliency.audit.run(torch.nn.Linear(3, 2), _WithText(), out_dir=tmp_path)
+
+
+class _Scaled(torch.nn.Module):
+    """Float inputs and a per-sample keyword argument that changes every output."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 3)
+
+    def forward(self, x, scale):
+        return torch.tanh(self.linear(x)) * scale[:, None]
+
+
+def test_forward_arguments_reach_the_metrics_and_follow_skipped_samples(tmp_path):
+    torch.manual_seed(0)
+    model = _Scaled()
+    x, scale = torch.randn(12, 6), torch.linspace(0.5, 3.0, 12)
+    x[2, 0] = float("nan")  # left out: the scales of the others must stay theirs
+    options = {"deletion": {"steps": 3, "seed": 1}}
+    run = saliency.audit.run(
+        model, (x, {"scale": scale}), out_dir=tmp_path, metrics=["deletion"], batch_size=6,
+        metric_options=options, **FAST,
+    )  # fmt: skip
+    assert list(run.skipped) == [2]
+    rows = [json.loads(line) for line in (tmp_path / "shards" / "000000.jsonl").open()]
+    keep = [0, 1, 3, 4, 5]
+    a = saliency.gradients(model, x[keep], scale=scale[keep], strategy="loop")
+    want = saliency.audit.deletion(model, x[keep], a, steps=3, seed=1, scale=scale[keep])
+    got = torch.tensor([r["deletion.auc"] for r in rows]).view(5, 3)
+    torch.testing.assert_close(got, want.auc, rtol=1e-5, atol=1e-6)
