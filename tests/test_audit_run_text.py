@@ -242,3 +242,21 @@ def test_forward_arguments_reach_the_metrics_and_follow_skipped_samples(tmp_path
     want = saliency.audit.deletion(model, x[keep], a, steps=3, seed=1, scale=scale[keep])
     got = torch.tensor([r["deletion.auc"] for r in rows]).view(5, 3)
     torch.testing.assert_close(got, want.auc, rtol=1e-5, atol=1e-6)
+
+
+def test_the_command_audits_the_bundled_sentiment_data(tmp_path, monkeypatch, capsys):
+    from saliency.cli import main
+
+    real = models.held_out
+    # the first 24 held-out sentences: the command reads the whole split otherwise
+    monkeypatch.setattr(models, "held_out", lambda name, n=None: real(name, n or 24))
+    out = tmp_path / "out"
+    code = main(["audit", "sentiment", "sentiment", "--out", str(out), "--method", "gradients",
+                 "ig", "--steps", "8", "--batch-size", "12", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "Audited 24 of 24 samples (accuracy 100.0%)" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    methods = manifest["config"]["methods"]
+    assert methods["ig"]["keywords"]["layer"] == "embedding"
+    assert methods["ig"]["keywords"]["baseline"] == 0
+    assert (out / "report.html").exists()
