@@ -50,73 +50,16 @@ class RunFolder:
         be resumed and ``overwrite`` says so.
         """
         parts = identity(plan, seen)
-        folder = self.shards
-        had_lock = (self.out / LOCK).exists()
-        with _writable(self.out):
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.lock()
-        try:
-            self._check_contents(overwrite=overwrite)
-        except Exception:
-            self.release()
-            if not had_lock:
-                (self.out / LOCK).unlink(missing_ok=True)  # leave the folder as it was found
-            raise
-        with _writable(self.out):
-            folder.mkdir(exist_ok=True)
-        shards.clean_temporary(folder)
-        shards.clean_temporary(self.out)
-        try:
-            old = manifests.read(self.out)
-        except manifests.Unreadable:
-            if not overwrite:
-                raise
-            self.delete_results()
-            old = None
-        if old is not None:
-            then = {k: old.get(k) for k in parts}
-            then["model"] = {k: v for k, v in (then["model"] or {}).items() if k != "outputs"}
-            changed = manifests.differences(then, parts)
-            changed += _other_outputs(old, seen)
-            # A run that completed no shard has nothing to lose (a launch refused by a check
-            # of its first shard, say): another configuration simply starts afresh.
-            if changed and not overwrite and any(folder.glob("*.done.json")):
-                raise ValueError(
-                    f"out_dir: {str(self.out)!r} holds a run made differently, so it cannot be "
-                    f"resumed: {'; '.join(changed)}. Run again as before, choose another out_dir, "
-                    "or pass overwrite=True to delete its results"
-                )
-            if changed:
-                self.delete_results()
-                old = None
+        self._enter(overwrite=overwrite)
+        old = self._previous(parts, seen, overwrite=overwrite)
         strategy = old["strategy"] if old else choose_strategy(plan)
         digest = manifests.digest({**parts, "strategy": strategy})
-        done = [i for i in range(len(plan.shards)) if shards.complete(folder, i, digest)]
-        changed_data = self._changed_data(plan, done)
-        if changed_data:
-            if not overwrite:
-                raise ValueError(
-                    f"data: samples {', '.join(changed_data)} are not those their complete shards "
-                    f"in {str(self.out)!r} were made from (other inputs or labels), so the run "
-                    "cannot be resumed. Run again with the data as before, choose another "
-                    "out_dir, or pass overwrite=True to delete its results"
-                )
-            self.delete_results()
+        done = self._complete(plan, digest, overwrite=overwrite)
+        if done is None:  # their data changed, and overwrite=True: start afresh
             done, old = [], None
         todo = sorted(set(range(len(plan.shards))) - set(done))
         estimate = _estimate(plan, todo, seen)
-        free = shutil.disk_usage(self.out).free
-        if estimate > free:
-            raise OSError(
-                errno.ENOSPC,
-                f"out_dir: this run needs about {human(estimate)} for {len(todo)} shard(s) but "
-                f"{str(self.out)!r} has {human(free)} free"
-                + (
-                    "; keep_values=True stores every attribution: leave it off"
-                    if plan.keep_values
-                    else ""
-                ),
-            )
+        self._check_space(estimate, len(todo), plan.keep_values)
         # What the model answered on the first samples: compared within rounding, never part
         # of the digest, and kept as first recorded so that a resumed run writes the same bytes.
         recorded = (old or {}).get("model", {}).get("outputs") or _outputs(seen)
@@ -145,6 +88,79 @@ class RunFolder:
             shape=list(seen.samples.x.shape[1:]),
             estimated_bytes=estimate,
         )
+
+    def _enter(self, *, overwrite: bool) -> None:
+        """Create the folder, take its lock, check what it holds, remove killed writes."""
+        had_lock = (self.out / LOCK).exists()
+        with _writable(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock()
+        try:
+            self._check_contents(overwrite=overwrite)
+        except Exception:
+            self.release()
+            if not had_lock:
+                (self.out / LOCK).unlink(missing_ok=True)  # leave the folder as it was found
+            raise
+        with _writable(self.out):
+            self.shards.mkdir(exist_ok=True)
+        shards.clean_temporary(self.shards)
+        shards.clean_temporary(self.out)
+
+    def _previous(self, parts: dict, seen: Probe, *, overwrite: bool) -> dict | None:
+        """The manifest of the run to resume, or None to start afresh: refused when it was made
+        differently and has complete shards to lose, unless ``overwrite``."""
+        try:
+            old = manifests.read(self.out)
+        except manifests.Unreadable:
+            if not overwrite:
+                raise
+            self.delete_results()
+            return None
+        if old is None:
+            return None
+        then = {k: old.get(k) for k in parts}
+        then["model"] = {k: v for k, v in (then["model"] or {}).items() if k != "outputs"}
+        changed = manifests.differences(then, parts) + _other_outputs(old, seen)
+        if not changed:
+            return old
+        # A run that completed no shard has nothing to lose (a launch refused by a check of its
+        # first shard, say): another configuration simply starts afresh.
+        if not overwrite and any(self.shards.glob("*.done.json")):
+            raise ValueError(
+                f"out_dir: {str(self.out)!r} holds a run made differently, so it cannot be "
+                f"resumed: {'; '.join(changed)}. Run again as before, choose another out_dir, "
+                "or pass overwrite=True to delete its results"
+            )
+        self.delete_results()
+        return None
+
+    def _complete(self, plan: Plan, digest: str, *, overwrite: bool) -> list[int] | None:
+        """The complete shards of this configuration, their data read again and compared; None
+        when the data changed and ``overwrite`` deleted the results."""
+        done = [i for i in range(len(plan.shards)) if shards.complete(self.shards, i, digest)]
+        changed = self._changed_data(plan, done)
+        if not changed:
+            return done
+        if not overwrite:
+            raise ValueError(
+                f"data: samples {', '.join(changed)} are not those their complete shards in "
+                f"{str(self.out)!r} were made from (other inputs or labels), so the run cannot be "
+                "resumed. Run again with the data as before, choose another out_dir, or pass "
+                "overwrite=True to delete its results"
+            )
+        self.delete_results()
+        return None
+
+    def _check_space(self, estimate: int, count: int, keep_values: bool) -> None:
+        free = shutil.disk_usage(self.out).free
+        if estimate > free:
+            hint = "; keep_values=True stores every attribution: leave it off"
+            raise OSError(
+                errno.ENOSPC,
+                f"out_dir: this run needs about {human(estimate)} for {count} shard(s) but "
+                f"{str(self.out)!r} has {human(free)} free" + (hint if keep_values else ""),
+            )
 
     def _check_contents(self, *, overwrite: bool) -> None:
         """A run writes only into an empty folder or its own run. A folder holding other files
