@@ -260,3 +260,19 @@ def test_the_command_audits_the_bundled_sentiment_data(tmp_path, monkeypatch, ca
     assert methods["ig"]["keywords"]["layer"] == "embedding"
     assert methods["ig"]["keywords"]["baseline"] == 0
     assert (out / "report.html").exists()
+
+
+def test_changed_forward_arguments_are_changed_data(bert, tmp_path):
+    model, ids, mask, _, labels = bert
+    args = dict(out_dir=tmp_path, methods="gradients", metrics=["norms"], batch_size=5, **FAST)
+    saliency.audit.run(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **args)
+    other = mask.clone()
+    other[9, 0] = 0  # the second shard's mask, after the first samples the manifest hashes
+    with pytest.raises(ValueError, match=r"data: samples 5-9 are not those their complete"):
+        saliency.audit.run(
+            model, {"input_ids": ids, "attention_mask": other, "labels": labels}, **args
+        )
+    again = saliency.audit.run(
+        model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **args
+    )
+    assert (again.computed, again.resumed) == (0, 2)

@@ -121,7 +121,9 @@ class RunFolder:
             return None
         then = {k: old.get(k) for k in parts}
         then["model"] = {k: v for k, v in (then["model"] or {}).items() if k != "outputs"}
-        changed = manifests.differences(then, parts) + _other_outputs(old, seen)
+        changed = manifests.differences(then, parts)
+        if not any(line.startswith("data.") for line in changed):  # else other samples' outputs
+            changed += _other_outputs(old, seen)
         if not changed:
             return old
         # A run that completed no shard has nothing to lose (a launch refused by a check of its
