@@ -276,3 +276,16 @@ def test_changed_forward_arguments_are_changed_data(bert, tmp_path):
         model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, **args
     )
     assert (again.computed, again.resumed) == (0, 2)
+
+
+def test_every_metric_that_perturbs_the_inputs_is_refused_on_token_ids(tmp_path):
+    from saliency.audit import records
+
+    model, _ = models.load("sentiment")
+    ids, labels = models.held_out("sentiment", 8)
+    perturbing = ["deletion", "insertion", "road", "infidelity", "sensitivity_max", "margins"]
+    assert set(perturbing) <= set(records.names(in_runs=True))
+    for name in perturbing:
+        with pytest.raises(ValueError, match=rf"'{name}' perturbs or differentiates the inputs"):
+            saliency.audit.run(model, (ids, labels), out_dir=tmp_path / name, metrics=[name])
+        assert not (tmp_path / name).exists()

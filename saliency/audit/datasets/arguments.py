@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from saliency.methods import records as method_records
 from saliency.targets import Contrast, TopK
 
+from .. import records as metric_records
 from . import methods as method_specs
 from . import metrics as metric_specs
 from .sources import Source
@@ -37,28 +39,33 @@ __all__ = [
     "check_out_dir",
     "default_metrics",
     "misfit",
+    "perturbs_inputs",
     "rows_per_sample",
 ]
 
 DEFAULT_METRICS = ("deletion", "class_sensitivity")
 
 
-# Metrics that perturb or differentiate the inputs themselves: they need floating inputs.
-PERTURB_INPUTS = ("deletion", "insertion", "road", "infidelity", "sensitivity_max", "margins")
-
-
 def default_metrics(
     classes: object, n_outputs: int | None = None, *, token_ids: bool = False
 ) -> list[str]:
-    """The metrics of a run that names none: :data:`DEFAULT_METRICS`, without
-    ``class_sensitivity`` when each sample gets one row (nothing to compare it with), and
+    """The metrics of a run that names none: :data:`DEFAULT_METRICS`, without those that compare
+    each sample's classes when each sample gets one row (nothing to compare it with), and
     without those that perturb the inputs when these are token ids."""
     k = rows_per_sample(classes, n_outputs) if n_outputs is not None or classes is not None else 2
     return [
         m
         for m in DEFAULT_METRICS
-        if (m != "class_sensitivity" or k >= 2) and not (token_ids and m in PERTURB_INPUTS)
+        if (_metric(m).rows != "several" or k >= 2)
+        and not (token_ids and perturbs_inputs(_metric(m)))
     ]
+
+
+def perturbs_inputs(record: metric_records.MetricRecord) -> bool:
+    """Whether a metric perturbs or differentiates the inputs themselves (as its record says:
+    it needs maps of the inputs, or inputs of a kind), which token ids, with no values in
+    between, cannot take."""
+    return record.inputs != "any" or bool({"input_maps", "gradients"} & set(record.needs))
 
 
 def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric_specs.MetricSpec]]:
@@ -210,25 +217,24 @@ def rows_per_sample(classes: object, n_outputs: int) -> int:
     return 1
 
 
-def misfit(metric: str, spec: method_specs.MethodSpec) -> str | None:
+def misfit(metric: str | metric_specs.MetricSpec, spec: method_specs.MethodSpec) -> str | None:
     """Why ``metric`` cannot measure what method ``spec`` gives, or None when it can (or when
-    ``spec`` is a callable of unknown kind, whose result only the run can tell)."""
-    kind = method_specs.kind(spec)
-    if kind is None:
+    ``spec`` is a callable of unknown kind, whose result only the run can tell): the metric
+    record's ``needs`` against what the method's record gives, with the options its partials
+    set."""
+    record = metric.record if isinstance(metric, metric_specs.MetricSpec) else _metric(metric)
+    given = method_specs.gives(spec)
+    if given is None:
         return None
-    if metric == "completeness" and kind != "integrated_gradients":
-        return (
-            "it needs the completeness gap (Attribution.delta) that only integrated gradients "
-            "record"
-        )
-    if metric == "margins":
-        options = [o for o in ("times_input", "abs", "layer") if method_specs.bound(spec, o)]
-        if kind != "gradients" or options:
-            return (
-                "it needs plain input gradients (saliency.gradients without times_input, abs "
-                "or layer)"
-            )
-    return None
+    missing = [need for need in record.needs if need not in given]
+    if not missing:
+        return None
+    need = missing[0]
+    able = [r.name for r in method_records.methods() if need in r.provides]
+    return (
+        f"it needs {method_records.PROVIDES[need]}, which {_what(spec)} does not give "
+        f"(methods that do: {', '.join(able) or 'none'})"
+    )
 
 
 def check_fit(
@@ -238,45 +244,55 @@ def check_fit(
     n_outputs: int,
     x: torch.Tensor,
 ) -> None:
-    """Refuse, before anything runs, a metric that cannot measure a method's rows: too few
-    classes per sample, the wrong method, samples that are not images, or token ids where a
-    metric perturbs the inputs (``x``: the first samples)."""
+    """Refuse, before anything runs, a metric that cannot measure a method's rows: what the
+    method gives, the classes per sample and the kind of samples (``x``: the first ones), as
+    each metric's record says."""
     shape = x.shape[1:]
     k = rows_per_sample(classes, n_outputs)
     asked = f"classes={_described(classes)} gives {k} per sample"
     for spec in methods:
-        for metric in (m.name for m in metrics[spec.name]):
+        for metric in metrics[spec.name]:
+            record = metric.record
+            if not x.is_floating_point() and perturbs_inputs(record):
+                raise ValueError(
+                    f"metrics: {metric.name!r} perturbs or differentiates the inputs themselves, "
+                    f"but the data's samples are {x.dtype} (token ids?), which have no values in "
+                    "between; measure attributions of token ids with metrics for any inputs, "
+                    "such as class_sensitivity, completeness or norms"
+                )
             reason = misfit(metric, spec)
             if reason is not None:
                 raise ValueError(
-                    f"metrics: {metric!r} cannot measure method {spec.name!r} "
+                    f"metrics: {metric.name!r} cannot measure method {spec.name!r} "
                     f"({method_specs.kind(spec)}): {reason}; give each method its own metrics, "
                     f"e.g. metrics={{{spec.name!r}: [...], ...}}"
                 )
-            if metric == "class_sensitivity" and k < 2:
+            if record.rows == "several" and k < 2:
                 raise ValueError(
-                    "metrics: 'class_sensitivity' compares each sample's classes and needs 2 or "
+                    f"metrics: {metric.name!r} compares each sample's classes and needs 2 or "
                     f"more per sample, but {asked}; ask for more classes or leave "
-                    "class_sensitivity out"
+                    f"{metric.name} out"
                 )
-            if metric == "margins" and not _every_class(classes, n_outputs):
+            if record.rows == "all" and not _every_class(classes, n_outputs):
                 raise ValueError(
-                    "metrics: 'margins' compares every class with each sample's own and needs "
-                    f"all {n_outputs} classes of the model (classes=None), but {asked}"
+                    f"metrics: {metric.name!r} compares every class with each sample's own and "
+                    f"needs all {n_outputs} classes of the model (classes=None), but {asked}"
                 )
-            if metric in PERTURB_INPUTS and not x.is_floating_point():
+            if record.inputs == "images" and len(shape) != 3:
                 raise ValueError(
-                    f"metrics: {metric!r} perturbs or differentiates the inputs themselves, but "
-                    f"the data's samples are {x.dtype} (token ids?), which have no values in "
-                    "between; measure attributions of token ids with class_sensitivity, "
-                    "completeness or norms"
+                    f"metrics: {metric.name!r} needs images [C, H, W], but the data's samples "
+                    f"have shape {list(shape)}; use a metric for any inputs, such as deletion "
+                    "or insertion"
                 )
-            if metric == "road" and len(shape) != 3:
-                raise ValueError(
-                    "metrics: 'road' imputes removed pixels from their neighbours and needs "
-                    f"images [C, H, W], but the data's samples have shape {list(shape)}; use "
-                    "deletion or insertion"
-                )
+
+
+def _metric(name: str) -> metric_records.MetricRecord:
+    return metric_records.metric(name)
+
+
+def _what(spec: method_specs.MethodSpec) -> str:
+    bound = [o for o in spec.record.loses if method_specs.bound(spec, o) not in (None, False)]
+    return spec.record.name + (f" with {', '.join(bound)}" if bound else "")
 
 
 def _every_class(classes: object, n_outputs: int) -> bool:
