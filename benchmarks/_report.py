@@ -1,23 +1,48 @@
 """Shared plumbing for the benchmark scripts: timing, peak memory, and the markdown report.
 
 Each script owns one section of ``docs/benchmarks.md`` (between ``<!-- NAME:start -->`` and
-``<!-- NAME:end -->``) and rewrites only that section, atomically.
+``<!-- NAME:end -->``) and rewrites only that section, atomically. A script with goals also saves
+its numbers as ``docs/img/benchmark-NAME.json`` (:func:`save_results`), with a list of
+:class:`Target` records; :func:`write_targets` gathers the targets of every script into the one
+table at the top of the page (section ``targets``), so a re-run of any script keeps it current.
+The docs build draws its charts from these files; it never times anything itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+RESULTS = REPORT.parent / "img"
 _HEADER = "# Benchmarks\n\nRatios are measured side by side in one run; absolute times vary.\n"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal of a benchmark and whether this run met it.
+
+    ``value`` is the measured ratio (on median times), ``goal`` says which way and how far, in
+    words a reader can check (``"at most 1.05x"``); ``also`` is the same ratio on another
+    statistic (fastest rounds), for context.
+    """
+
+    benchmark: str  # the script's section name, e.g. "engine"
+    case: str  # which model or configuration
+    what: str  # the ratio, in plain words
+    goal: str
+    value: float
+    met: bool
+    also: str = ""
 
 
 def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
@@ -90,6 +115,58 @@ def write_section(name: str, markdown: str, path: Path = REPORT) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def save_results(name: str, results: dict, directory: Path = RESULTS) -> Path:
+    """Write ``results`` (JSON-safe; ``results["targets"]``: a list of :class:`Target`) to
+    ``benchmark-NAME.json`` atomically, then refresh the page's table of targets."""
+    data = dict(results)
+    data["targets"] = [asdict(t) if isinstance(t, Target) else t for t in data.get("targets", [])]
+    path = directory / f"benchmark-{name}.json"
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".benchmark-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    if directory == RESULTS:
+        write_targets()
+    return path
+
+
+def load_results(name: str, directory: Path = RESULTS) -> dict | None:
+    """What :func:`save_results` last wrote for ``name``, or None."""
+    path = directory / f"benchmark-{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_targets(path: Path = REPORT, directory: Path = RESULTS) -> None:
+    """Rewrite section ``targets`` of the report: every saved script's goals in one table."""
+    rows, met, total = [], 0, 0
+    for file in sorted(directory.glob("benchmark-*.json")):
+        for t in json.loads(file.read_text()).get("targets", []):
+            total += 1
+            met += bool(t["met"])
+            rows.append(
+                [
+                    f"[{t['benchmark']}](#{t['benchmark']})",
+                    t["case"],
+                    t["what"],
+                    t["goal"],
+                    f"{t['value']:.2f}" + (f" ({t['also']})" if t.get("also") else ""),
+                    "met" if t["met"] else "**missed**",
+                ]
+            )
+    if not rows:
+        return
+    header = ["benchmark", "case", "ratio", "goal", "measured (median; fastest round)", ""]
+    markdown = (
+        f"## Targets: {met} of {total} met\n\n"
+        "Each row is a goal set in an issue, checked on the last run of its script (median "
+        "times; the fastest rounds, less exposed to other jobs, in brackets).\n\n"
+        + table(header, rows)
+    )
+    write_section("targets", markdown, path)
 
 
 def _sync() -> None:
