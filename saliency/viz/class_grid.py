@@ -34,6 +34,7 @@ __all__ = ["class_grid"]
 
 _PAD, _GAP = 6, 14  # between tiles; between samples
 _INK, _MUTED, _FRAME = (20, 20, 20), (90, 90, 90), (0, 0, 0)
+_OUTLINE = {True: (0, 0, 0), False: (0, 200, 255)}  # on diverging maps; on dark sequential ones
 
 
 def class_grid(
@@ -185,7 +186,7 @@ def class_grid(
                 x = x0 + (c + 1) * (size[0] + _PAD)
                 heat = Image.fromarray(colours[c]).resize(size, Image.Resampling.NEAREST)
                 if mask is not None:
-                    _outline(heat, mask, factor)
+                    _outline(heat, mask, factor, _OUTLINE[signed])
                 canvas.paste(heat, (x, ry))
                 if classes[b, c] == predicted:
                     draw.rectangle(
@@ -230,23 +231,21 @@ def _indices(values: np.ndarray, sign: str, percentile: float) -> np.ndarray:
     return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _outline(tile: Image.Image, mask: np.ndarray, factor: int) -> None:
+def _outline(tile: Image.Image, mask: np.ndarray, factor: int, colour: tuple) -> None:
     """Draw the border of ``mask``'s pixels (the input's bright strokes) on an enlarged tile."""
     draw = ImageDraw.Draw(tile)
     padded = np.pad(mask, 1)
-    h, w = mask.shape
     last = factor - 1
     for i, j in zip(*np.nonzero(mask), strict=True):
         x, y = j * factor, i * factor
         if not padded[i, j + 1]:  # above
-            draw.line((x, y, x + last, y), fill=_FRAME)
+            draw.line((x, y, x + last, y), fill=colour)
         if not padded[i + 2, j + 1]:  # below
-            draw.line((x, y + last, x + last, y + last), fill=_FRAME)
+            draw.line((x, y + last, x + last, y + last), fill=colour)
         if not padded[i + 1, j]:  # left
-            draw.line((x, y, x, y + last), fill=_FRAME)
+            draw.line((x, y, x, y + last), fill=colour)
         if not padded[i + 1, j + 2]:  # right
-            draw.line((x + last, y, x + last, y + last), fill=_FRAME)
-    del h, w
+            draw.line((x + last, y, x + last, y + last), fill=colour)
 
 
 def _legend(draw, at, table, signed, score, factor, grayscale, percentile, font) -> None:
@@ -267,7 +266,7 @@ def _legend(draw, at, table, signed, score, factor, grayscale, percentile, font)
         draw.text((x + bar_w - font.getlength(right), text_y), right, fill=_INK, font=font)
     notes = [f"one colour scale per row: its {percentile:g}th percentile of |value|"]
     if grayscale:
-        notes.append("black outline: the input's bright pixels")
+        notes.append(f"{'black' if signed else 'blue'} outline: the input's bright pixels")
     notes.append("framed: the predicted class")
     if factor > 1:
         notes.append(f"pixels enlarged {factor}x")
