@@ -98,6 +98,7 @@ _INSPECT = """async () => {
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    _need_browser()  # the build itself takes a screenshot of an audit report
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
