@@ -59,6 +59,20 @@ def test_all_zero_maps_and_labels_draw():
     assert (255, 255, 255) in _colours(picture)
 
 
+def test_maps_of_another_size_are_drawn_at_the_input_size():
+    # Grad-CAM without upsampling: 4x4 maps for 8x8 inputs, grayscale and RGB.
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3),
+    )  # fmt: skip
+    x = torch.rand(2, 3, 8, 8)
+    cam = saliency.gradcam(model, x, layer=model[2], size=None)
+    assert cam.values.shape[-2:] == (4, 4)
+    rgb = class_grid(cam, x, sign="positive")
+    gray = class_grid(cam, x.mean(1, keepdim=True), sign="positive")
+    assert rgb.size == gray.size
+
+
 def test_real_model_rgb_input_and_sample_choice():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
     x = torch.rand(4, 3, 16, 16)

@@ -177,10 +177,10 @@ def class_grid(
             draw.text((_PAD, ry + 2), name, fill=_INK, font=font)
             if notes and name in notes:
                 draw.text((_PAD, ry + 2 + line), notes[name], fill=_MUTED, font=small)
-            if grayscale:
-                colours = paint(maps[name][i], signed=signed)
+            background = None if grayscale else backgrounds(pixels[b : b + 1])[0]
+            if background is None or background.shape != maps[name].shape[-2:]:
+                colours = paint(maps[name][i], signed=signed)  # outline, or a map of its own size
             else:
-                background = backgrounds(pixels[b : b + 1])[0]
                 colours = paint(maps[name][i], background[None], signed=signed, alpha=0.6)
             for c in range(k):
                 x = x0 + (c + 1) * (size[0] + _PAD)
