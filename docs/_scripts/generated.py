@@ -59,10 +59,13 @@ def fingerprint(*files: Path) -> str:
 
 def _replace_dir(done: Path, final: Path) -> None:
     """Move a finished folder into place; drop earlier versions of it (other keys)."""
-    if final.exists():
-        shutil.rmtree(done)
+    try:
+        os.replace(done, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(done, ignore_errors=True)  # another build made the same folder first
         return
-    os.replace(done, final)
     stem = final.name.rsplit("-", 1)[0]
     for old in final.parent.glob(f"{stem}-*"):
         if old != final and old.is_dir():
