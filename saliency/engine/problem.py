@@ -14,7 +14,16 @@ from .. import targets
 from .budget import parse_memory
 from .identity import owners
 
-__all__ = ["Problem", "Shared", "make_problem", "read_scores", "scores_of"]
+__all__ = [
+    "Problem",
+    "Shared",
+    "call_output",
+    "is_per_sample",
+    "make_problem",
+    "read_scores",
+    "sample_rows",
+    "scores_of",
+]
 
 OUTPUTS = ("logits", "softmax", "log_softmax")
 
@@ -68,16 +77,14 @@ class Problem:
     def batch(self) -> int:
         return self.x.shape[0]
 
-    def finish(self, raw: object, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def finish(
+        self, raw: object, n: int, kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(scores [n, C], pre)`` from the model's raw output: the checked, transformed scores,
-        and the tensor ``output`` was applied to (``None`` when that was not a tensor)."""
+        and the tensor ``output`` was applied to (``None`` when that was not a tensor).
+        ``kwargs`` are the forward arguments of these rows, for a callable that reads some."""
         if self.transform is None:
-            out = self.output(raw)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"output: the callable must return a tensor of scores [B, C], got "
-                    f"{type(out).__name__}"
-                )
+            out = call_output(self.output, raw, kwargs or {})
             pre = raw if isinstance(raw, torch.Tensor) else None
             return _checked(out, n, "output: the callable's result"), pre
         pre = _checked(scores_of(raw), n, "model: output")
@@ -85,17 +92,41 @@ class Problem:
 
     def kwargs_for(self, rows: slice, repeats: int = 1) -> dict:
         """Forward kwargs for ``repeats`` point-major copies of ``rows``."""
-        return {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
+        return {k: sample_rows(v, self.batch, rows, repeats) for k, v in self.kwargs.items()}
 
-    def _rows(self, value: object, rows: slice, repeats: int) -> object:
-        # Per-sample tensors (first dimension B) follow the rows; everything else passes through.
-        if isinstance(value, Shared):
-            return value.value
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == self.batch:
-            value = value[rows]
-            if repeats > 1:
-                value = value.repeat(repeats, *([1] * (value.ndim - 1)))
-        return value
+
+def is_per_sample(value: object, batch: int) -> bool:
+    """Whether a forward argument holds one entry per sample: a tensor whose first dimension is
+    the batch size (not wrapped in :class:`Shared`)."""
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch
+
+
+def sample_rows(
+    value: object, batch: int, samples: slice | torch.Tensor, repeats: int = 1
+) -> object:
+    """A forward argument for ``repeats`` point-major copies of ``samples`` of a ``batch``.
+
+    The one rule for every per-sample argument (attention masks, token type ids, ...), wherever a
+    batch is chunked, noised or put on a path: a per-sample tensor is sliced to ``samples`` and
+    repeated; a :class:`Shared` value is unwrapped; anything else passes through.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saliency.engine import Shared, sample_rows
+    >>> mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    >>> sample_rows(mask, 3, slice(1, 2), repeats=2).tolist()
+    [[1, 0], [1, 0]]
+    >>> sample_rows(Shared(mask), 3, slice(1, 2)).shape  # the same for every sample
+    torch.Size([3, 2])
+    """
+    if isinstance(value, Shared):
+        return value.value
+    if is_per_sample(value, batch):
+        value = value[samples]
+        if repeats > 1:
+            value = value.repeat(repeats, *([1] * (value.ndim - 1)))
+    return value
 
 
 def make_problem(
@@ -154,6 +185,17 @@ def make_problem(
 
 
 def _layer(layer: nn.Module | str | None, found: tuple[nn.Module, ...]):
+    module, name = _find_layer(layer, found)
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError(
+            f"layer: {name} is a TorchScript module, whose output no Python hook can replace; "
+            "explain the Python model (before torch.jit.script), or pick a Python module of the "
+            "model"
+        )
+    return module, name
+
+
+def _find_layer(layer: nn.Module | str | None, found: tuple[nn.Module, ...]):
     if layer is None:
         return None, None
     if isinstance(layer, nn.Module):
@@ -262,11 +304,12 @@ def scores_of(raw: object) -> torch.Tensor:
     )
 
 
-def read_scores(raw: object, output: str | Callable = "logits") -> torch.Tensor:
+def read_scores(raw: object, output: str | Callable = "logits", **forward_kwargs) -> torch.Tensor:
     """The scores ``[B, C]`` in a model's raw output, after ``output``, as the engine reads them.
 
     A built-in ``output`` is applied to :func:`scores_of` the raw output; a callable ``output``
-    receives the raw output itself. ``[B]`` counts as one class.
+    receives the raw output itself (and the ``forward_kwargs`` it :func:`reads <call_output>`).
+    ``[B]`` counts as one class.
 
     Examples
     --------
@@ -278,15 +321,32 @@ def read_scores(raw: object, output: str | Callable = "logits") -> torch.Tensor:
     """
     transform = _transform(output)
     if transform is None:
-        out = output(raw)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"output: the callable must return a tensor of scores [B, C], got "
-                f"{type(out).__name__}"
-            )
+        out = call_output(output, raw, forward_kwargs)
         return out.unsqueeze(1) if out.ndim == 1 else out
     out = scores_of(raw)
     return transform(out.unsqueeze(1) if out.ndim == 1 else out)
+
+
+def call_output(output: Callable, raw: object, kwargs: dict) -> torch.Tensor:
+    """A callable ``output`` applied to a model's raw output.
+
+    A callable with a ``reads`` attribute (a tuple of forward-argument names, such as
+    :func:`saliency.next_token`'s ``("attention_mask",)``) also receives those of the call's
+    forward arguments that were given, sliced to the rows of this pass like the model's own, so
+    that per-sample arguments line up with the output however the engine chunks the batch.
+    """
+    wanted = getattr(output, "reads", ())
+    given = {name: _plain(kwargs[name]) for name in wanted if name in kwargs}
+    out = output(raw, **given) if given else output(raw)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"output: the callable must return a tensor of scores [B, C], got {type(out).__name__}"
+        )
+    return out
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Shared) else value
 
 
 def _checked(out: torch.Tensor, n: int, what: str) -> torch.Tensor:

@@ -78,7 +78,7 @@ def gradcam(
     if mode not in _MODES:
         raise ValueError(f"mode: expected one of {list(_MODES)}, got {mode!r}")
     kw = {"allow_random": allow_random, **forward_kwargs}
-    acts = layer_output(model, x, layer, **kw)
+    acts = layer_output(model, x, layer, output=output, **kw)
     if acts.ndim < 3:
         raise ValueError(
             f"layer: Grad-CAM needs an output with channels and spatial dimensions "
