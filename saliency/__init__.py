@@ -7,6 +7,7 @@ methods, pictures and audits are layers above it.
 from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
 from .methods import from_captum, gradcam, gradients, integrated_gradients, smoothgrad
+from .outputs import next_token
 from .targets import contrast, top_k
 from .tokens import patch_scores, token_scores
 
@@ -21,6 +22,7 @@ __all__ = [
     "gradients",
     "integrated_gradients",
     "iter_class_jacobian",
+    "next_token",
     "patch_scores",
     "smoothgrad",
     "token_scores",

@@ -236,7 +236,7 @@ def test_dropout_in_training_mode_is_refused_naming_the_modules():
 
 def test_randomness_without_modules_is_refused():
     lin = nn.Linear(5, 3)
-    with pytest.raises(GuardError, match="two forward passes on the same sample"):
+    with pytest.raises(GuardError, match=r"draws random numbers .*randn_like"):
         saliency.class_jacobian(lambda t: lin(t + 0.1 * torch.randn_like(t)), torch.randn(4, 5))
 
 
@@ -504,8 +504,8 @@ def test_a_flag_that_switches_on_coupling_or_noise_is_seen_after_a_clean_call():
         h = net[0](t)
         return net[2](torch.tanh(h - h.mean(0) if norm else h))
 
-    def noisy(t, sigma=0.0):
-        return net(t + sigma * torch.randn_like(t))
+    def noisy(t, sigma=0.0):  # draws only when switched on (a draw is refused, used or not)
+        return net(t + sigma * torch.randn_like(t)) if sigma else net(t)
 
     for strategy in ("auto", "loop", "replicate"):
         saliency.class_jacobian(coupled, x, strategy=strategy, norm=False)
@@ -578,8 +578,10 @@ def test_coupled_samples_are_named_as_coupling_not_randomness():
     with pytest.raises(GuardError, match="other samples in its batch"):
         saliency.class_jacobian(lambda t: lin(t - t.mean(0)), torch.randn(5, 4))
     noisy = lambda t: lin(t - t.mean(0) + 0.1 * torch.randn_like(t))  # noqa: E731
-    with pytest.raises(GuardError, match="other samples in its batch"):
+    with pytest.raises(GuardError, match="draws random numbers"):  # seen before any comparison
         saliency.class_jacobian(noisy, torch.randn(5, 4))
+    with pytest.raises(GuardError, match="other samples in its batch"):  # randomness allowed
+        saliency.class_jacobian(noisy, torch.randn(5, 4), allow_random=True)
 
 
 def test_a_random_model_cut_from_x_is_told_the_real_problem_first():
@@ -596,9 +598,16 @@ def test_the_probe_leaves_the_callers_random_numbers_alone():
     after = []
     for _ in range(2):  # measured by the probe, then from the cache: the same draws remain
         torch.manual_seed(3)
-        saliency.class_jacobian(model, x, strategy="loop")
+        saliency.class_jacobian(model, x, strategy="loop", allow_random=True)
         after.append(torch.rand(5))
     assert torch.equal(after[0], after[1])
+    torch.manual_seed(3)
+    untouched = torch.rand(5)
+    for _ in range(2):  # refused: the caller's generator is put back as it was
+        torch.manual_seed(3)
+        with pytest.raises(GuardError, match="draws random numbers"):
+            saliency.class_jacobian(model, x, strategy="loop")
+        assert torch.equal(torch.rand(5), untouched)
 
 
 def test_a_graph_that_reaches_x_without_a_gradient_is_named():

@@ -82,7 +82,8 @@ def class_jacobian(
         The batch, never modified. Floating, of rank >= 2 (``[B, D]``, ``[B, C, H, W]``,
         ``[B, T, E]``, ...); with ``layer``, any tensor the model takes (token ids included).
     classes
-        ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples, a
+        ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples (each
+        once; a 1-D tensor as long as the batch is refused as Captum-style labels), a
         ``[B, K]`` long tensor of per-sample ids, :func:`saliency.top_k` or
         :func:`saliency.contrast`.
     output
@@ -287,10 +288,15 @@ def layer_output(
     x: torch.Tensor,
     layer: nn.Module | str,
     *,
+    output: str | Callable = "logits",
     allow_random: bool = False,
     **forward_kwargs,
 ) -> torch.Tensor:
     """The output of ``layer`` when the model runs on ``x``, ``[B, *layer_output]``, detached.
+
+    ``output`` is the call's own (see :func:`class_jacobian`): the pass is checked like every
+    other, so a model whose raw output is not ``[B, C]`` (a language model's ``[B, T, V]``
+    logits) needs the same ``output=`` here as in the Jacobian it serves.
 
     Examples
     --------
@@ -303,7 +309,7 @@ def layer_output(
     if layer is None:
         raise ValueError("layer: expected an nn.Module of the model or its dotted name, got None")
     p = _problem(
-        model, x, None, "logits", "auto", None, False, forward_kwargs,
+        model, x, None, output, "auto", None, False, forward_kwargs,
         layer, None, allow_random,
     )  # fmt: skip
     with torch.no_grad(), torch.inference_mode(False):

@@ -14,7 +14,7 @@ from .. import targets
 from .budget import parse_memory
 from .identity import owners
 
-__all__ = ["Problem", "Shared", "make_problem", "read_scores", "scores_of"]
+__all__ = ["Problem", "Shared", "call_output", "make_problem", "read_scores", "scores_of"]
 
 OUTPUTS = ("logits", "softmax", "log_softmax")
 
@@ -68,16 +68,14 @@ class Problem:
     def batch(self) -> int:
         return self.x.shape[0]
 
-    def finish(self, raw: object, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def finish(
+        self, raw: object, n: int, kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(scores [n, C], pre)`` from the model's raw output: the checked, transformed scores,
-        and the tensor ``output`` was applied to (``None`` when that was not a tensor)."""
+        and the tensor ``output`` was applied to (``None`` when that was not a tensor).
+        ``kwargs`` are the forward arguments of these rows, for a callable that reads some."""
         if self.transform is None:
-            out = self.output(raw)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"output: the callable must return a tensor of scores [B, C], got "
-                    f"{type(out).__name__}"
-                )
+            out = call_output(self.output, raw, kwargs or {})
             pre = raw if isinstance(raw, torch.Tensor) else None
             return _checked(out, n, "output: the callable's result"), pre
         pre = _checked(scores_of(raw), n, "model: output")
@@ -262,11 +260,12 @@ def scores_of(raw: object) -> torch.Tensor:
     )
 
 
-def read_scores(raw: object, output: str | Callable = "logits") -> torch.Tensor:
+def read_scores(raw: object, output: str | Callable = "logits", **forward_kwargs) -> torch.Tensor:
     """The scores ``[B, C]`` in a model's raw output, after ``output``, as the engine reads them.
 
     A built-in ``output`` is applied to :func:`scores_of` the raw output; a callable ``output``
-    receives the raw output itself. ``[B]`` counts as one class.
+    receives the raw output itself (and the ``forward_kwargs`` it :func:`reads <call_output>`).
+    ``[B]`` counts as one class.
 
     Examples
     --------
@@ -278,15 +277,32 @@ def read_scores(raw: object, output: str | Callable = "logits") -> torch.Tensor:
     """
     transform = _transform(output)
     if transform is None:
-        out = output(raw)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"output: the callable must return a tensor of scores [B, C], got "
-                f"{type(out).__name__}"
-            )
+        out = call_output(output, raw, forward_kwargs)
         return out.unsqueeze(1) if out.ndim == 1 else out
     out = scores_of(raw)
     return transform(out.unsqueeze(1) if out.ndim == 1 else out)
+
+
+def call_output(output: Callable, raw: object, kwargs: dict) -> torch.Tensor:
+    """A callable ``output`` applied to a model's raw output.
+
+    A callable with a ``reads`` attribute (a tuple of forward-argument names, such as
+    :func:`saliency.next_token`'s ``("attention_mask",)``) also receives those of the call's
+    forward arguments that were given, sliced to the rows of this pass like the model's own, so
+    that per-sample arguments line up with the output however the engine chunks the batch.
+    """
+    wanted = getattr(output, "reads", ())
+    given = {name: _plain(kwargs[name]) for name in wanted if name in kwargs}
+    out = output(raw, **given) if given else output(raw)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"output: the callable must return a tensor of scores [B, C], got {type(out).__name__}"
+        )
+    return out
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Shared) else value
 
 
 def _checked(out: torch.Tensor, n: int, what: str) -> torch.Tensor:

@@ -228,7 +228,7 @@ class _Scores(nn.Module):
             kwargs.update(zip(self.names, values, strict=True))
         kwargs = {k: v.value if isinstance(v, Shared) else v for k, v in kwargs.items()}
         run = self.model if self.call is None else self.call
-        out = read_scores(run(inputs, **kwargs), self.output)
+        out = read_scores(run(inputs, **kwargs), self.output, **kwargs)
         if self.pairs is not None:
             a, b = self.pairs
             out = out[:, a] - out[:, b]

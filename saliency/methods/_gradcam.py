@@ -97,7 +97,7 @@ def gradcam(
     if mode is not None and mode not in _MODES:
         raise ValueError(f"mode: expected None or one of {list(_MODES)}, got {mode!r}")
     kw = {"allow_random": allow_random, **forward_kwargs}
-    acts = layer_output(model, x, layer, **kw)
+    acts = layer_output(model, x, layer, output=output, **kw)
     where = layer_name(model, layer)
     shape = layout(model, x, layer, acts, reshape, where)
     acts = apply(shape.reshape, acts, 1, None, "activations")

@@ -62,8 +62,17 @@ class Request:
         """What is differentiated, at ``x``: ``x`` itself, or the layer's output."""
         if self.layer is None:
             return self.x
+        return self.layer_output(self.x)
+
+    def layer_output(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The layer's output when the model runs on ``inputs`` (with this call's arguments)."""
         return layer_output(
-            self.model, self.x, self.layer, allow_random=self.allow_random, **self.kw
+            self.model,
+            inputs,
+            self.layer,
+            output=self.output,
+            allow_random=self.allow_random,
+            **self.kw,
         )
 
     def forward(self, inputs: torch.Tensor, layer_value: torch.Tensor | None = None):

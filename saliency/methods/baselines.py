@@ -12,8 +12,6 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from ..engine import layer_output
-
 __all__ = ["NAMED", "blur", "make_baseline", "make_layer_baseline", "uniform"]
 
 NAMED = ("zeros", "blur", "uniform")
@@ -164,9 +162,7 @@ def make_layer_baseline(
 
 def _layer_of(req, inputs: torch.Tensor) -> torch.Tensor:
     """The layer's output when the model runs on ``inputs`` (with the request's kwargs)."""
-    return layer_output(
-        req.model, inputs.contiguous(), req.layer, allow_random=req.allow_random, **req.kw
-    )
+    return req.layer_output(inputs.contiguous())
 
 
 def _fits(value: torch.Tensor, like: torch.Tensor) -> bool:
