@@ -11,6 +11,7 @@ from ._completeness import Completeness, completeness
 from ._margins import Margins, margins
 from ._perturbation import PerturbationCurves, deletion, insertion, road
 from ._randomization import RandomizationResult, randomization_test
+from ._token_perturbation import token_deletion, token_insertion
 
 # -- dataset runs ----------------------------------------------------------------------------------
 from .datasets import AuditRun, run
@@ -34,4 +35,6 @@ __all__: list[str] = [
     "road",
     "run",
     "sensitivity_max",
+    "token_deletion",
+    "token_insertion",
 ]
