@@ -19,7 +19,7 @@ from torch import nn
 import saliency
 from saliency.engine import GuardError, evaluate, forget_strategy_choices
 
-STRATEGIES = ["loop", "vmap", "replicate", "forward", "head", "auto"]
+STRATEGIES = [*saliency.engine.STRATEGIES, "auto"]  # every strategy by its record
 
 
 @pytest.fixture(autouse=True)
@@ -794,3 +794,45 @@ def test_a_module_out_of_sight_keeps_the_guards_on():
     with pytest.raises(GuardError, match="BatchNorm"):
         saliency.class_jacobian(model, x)
     assert_unchanged(hidden, before)
+
+
+def _rigged_race(monkeypatch, winner: str) -> None:
+    """auto races even on a tiny model, and ``winner`` wins it (the timings are made up)."""
+    from saliency.engine import auto
+
+    record = auto.Race.record
+
+    def rigged(self, name, width, seconds):
+        per = 1.0 if name == winner else 3.0
+        return record(self, name, width, per * (width if name != self.base else 1))
+
+    monkeypatch.setattr(auto, "_QUICK", 0.0)
+    monkeypatch.setattr(auto.Race, "record", rigged)
+
+
+@pytest.mark.parametrize("winner", ["loop", "vmap"])
+@pytest.mark.parametrize("rounding", [0.0, 1e-7], ids=["same", "rounding"])
+def test_a_calls_bits_do_not_depend_on_whether_it_was_the_first(monkeypatch, winner, rounding):
+    # The first call's race runs two strategies on the real work. They may agree only to
+    # rounding (made so here by an offset on vmap), and vmap's blocks are transposed views,
+    # which a reduction over the result (SmoothGrad's mean) adds in another order.
+    import dataclasses
+
+    from saliency.engine import strategies
+
+    vmap = strategies.STRATEGIES["vmap"]
+    if rounding:
+        off = dataclasses.replace(vmap, run=lambda c, cols: vmap.run(c, cols) + rounding)
+        monkeypatch.setitem(strategies.STRATEGIES, "vmap", off)
+    _rigged_race(monkeypatch, winner)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 12)).eval()
+    x = torch.randn(16, 16)  # more features than half the classes: forward mode is not taken
+    for call in (
+        lambda: evaluate(model, x),
+        lambda: saliency.smoothgrad(model, x, n_samples=8, noise=0.1, seed=3),
+    ):
+        forget_strategy_choices()
+        first = call()  # decided by a race on the real work
+        assert torch.equal(call().values, first.values)  # the remembered choice: the same bits
+    assert evaluate(model, x).strategy == winner

@@ -147,8 +147,17 @@ def run(
         _refuse_draws(p, x, kwargs, before)
     if p.layer is not None:
         if layer_box.get("calls", 0) == 0:
+            scripted = any(
+                isinstance(m, torch.jit.ScriptModule) for root in p.owners for m in root.modules()
+            )
+            why = (
+                " (the model runs TorchScript, whose modules no Python hook sees: explain the "
+                "Python model, before torch.jit.script)"
+                if scripted
+                else ""
+            )
             raise ValueError(
-                f"layer: {p.layer_name} did not run during the model's forward pass; pick a "
+                f"layer: {p.layer_name} did not run during the model's forward pass{why}; pick a "
                 "module that the forward pass calls"
             )
         if layer_box["calls"] > 1:

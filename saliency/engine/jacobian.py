@@ -90,8 +90,9 @@ def class_jacobian(
         ``"logits"`` (the scores as returned), ``"softmax"``, ``"log_softmax"``, or a callable
         applied to the model's raw output (an output object included) that returns ``[B, C]``.
     strategy
-        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or
-        ``"loop"``, ``"vmap"``, ``"replicate"``, ``"forward"``, ``"head"``.
+        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or the
+        name of a strategy of ``saliency.engine.STRATEGIES`` (``"loop"``, ``"vmap"``, ...; the
+        engine page describes each).
     max_memory
         Peak extra memory allowed, result included: bytes or a string like ``"512MB"``. Rows and
         classes are chunked to fit; a ``MemoryError`` is raised before any work if nothing fits.
@@ -451,7 +452,7 @@ class _Engine:
         if p.strategy != "auto":
             reason = self._refusal(STRATEGIES[p.strategy])
             if reason:
-                raise ValueError(f"strategy: {reason}; use 'loop', 'vmap' or 'auto'")
+                raise ValueError(f"strategy: {reason}; use {_others(p.strategy)} or 'auto'")
             return p.strategy
         self._key = None
         if self.ident is not None:
@@ -605,7 +606,7 @@ class _Engine:
             if self.p.strategy == name:
                 raise ValueError(
                     f"strategy={name!r} is not exact for this model: {self.head_reason}; use "
-                    "'loop', 'vmap' or 'auto' (auto falls back by itself)"
+                    f"{_others(name)} or 'auto' (auto falls back by itself)"
                 )
             return self._block(self.base, chunk, cols)
         try:
@@ -623,13 +624,23 @@ class _Engine:
             raise _explained(error, name, self.p) from error
         if not self.p.create_graph:
             block = block.detach()
+        # One layout whatever the strategy (vmap's blocks are transposed views): a reduction
+        # over the result then adds in the same order, so the bits do not depend on the chunks.
+        block = block.contiguous()
         _check_gradients(block, cols, self.p)
         return block
 
     # -- the race on the first row chunk ----------------------------------------------------
     def _first_rows(self) -> tuple[slice, int]:
         """The first row chunk and how many of its targets are done: when the strategy is not
-        decided yet, the candidates race on its first targets, and their blocks are kept."""
+        decided yet, the candidates race on its first targets, and their blocks are kept.
+
+        Strategies may agree only to rounding, and a call's bits must not depend on whether it
+        was the first. So the batched strategy's first block covers the base strategy's last
+        target again: when the two agree bit for bit there, every block of the race is kept;
+        when not, the loser's blocks are computed again by the winner (the column done twice
+        serves when the batched strategy wins).
+        """
         if self.race is None:
             return self._row_slices()[0], 0
         race, done = self.race, 0
@@ -637,9 +648,12 @@ class _Engine:
         first = slice(0, min(rows, self.p.batch))
         chunk, seconds = auto.timed(lambda: self._chunk(race.base, first))
         race.small_work(seconds * self.p.batch / (first.stop - first.start))
+        raced, overlap = [], None  # (name, cols, block) of new targets; the column done twice
         while (step := race.next()) is not None:
             name, width = step
-            cols = slice(done, done + width)
+            again = overlap is None and name != race.base and 0 < done and width > 1
+            start = done - 1 if again else done  # the batched block's first column: done twice
+            cols = slice(start, start + width)
             try:
                 with quiet_fallbacks():
                     block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
@@ -649,13 +663,34 @@ class _Engine:
                 race.failed(name)  # e.g. an operator without a batching rule
                 continue
             race.record(name, width, seconds)
-            self.raced.append(block)
-            done += width
+            if again:
+                overlap = block[:, :1]
+                block, cols = block[:, 1:], slice(start + 1, cols.stop)
+            raced.append((name, cols, block))
+            done = cols.stop
         self.strategy = self._remember(race.winner)
         self.plan = self._plan(self.strategy)
         self.race = None
+        self.raced = self._agreed(raced, overlap, chunk)
         self.first_chunk = chunk  # every strategy but head can go on from its forward pass
         return first, done
+
+    def _agreed(self, raced: list, overlap: torch.Tensor | None, chunk: Chunk) -> list:
+        """The race's blocks, each as the winner computes it (``overlap``: the batched
+        strategy's block for the base strategy's last target)."""
+        if overlap is not None:
+            last = next(i for i, (n, _, _) in enumerate(raced) if n != self.base) - 1
+            name, cols, block = raced[last]
+            if torch.equal(block[:, -1:], overlap):  # the two agree bit for bit on this model
+                return [b for _, _, b in raced]
+            if self.strategy != self.base:  # the batched column replaces the base's
+                raced[last] = (self.strategy, slice(cols.stop - 1, cols.stop), overlap)
+                if cols.stop - cols.start > 1:
+                    raced.insert(last, (name, slice(cols.start, cols.stop - 1), block[:, :-1]))
+        return [
+            block if name == self.strategy else self._block(self.strategy, chunk, cols)
+            for name, cols, block in raced
+        ]
 
     # -- walking the plan -------------------------------------------------------------------
     def _row_slices(self) -> list[slice]:
@@ -734,6 +769,13 @@ class _Engine:
                 parts.append(self._block(self.strategy, chunk, c))
                 ids.append(chunk.rows.ids[:, c])
             yield JacobianChunk(torch.cat(ids), torch.cat(parts))
+
+
+def _others(name: str) -> str:
+    """The strategies to suggest instead of ``name``: those that serve every model (the base and
+    the batched ones, by their records)."""
+    fits = [s.name for s in STRATEGIES.values() if s.role in ("base", "batched") and s.name != name]
+    return ", ".join(repr(n) for n in fits)
 
 
 def _cover(start: int, end: int, step: int) -> list[slice]:
