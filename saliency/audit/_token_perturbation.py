@@ -6,7 +6,8 @@ layer's output (the pad token's embedding, zeros). Only real tokens are deleted:
 ``attention_mask`` forward argument's zeros), the ids in ``keep_ids`` (special tokens such as
 [CLS] and [SEP]) and tokens that already are the substitute id stay as they are, so a fraction
 is a fraction of each text's own deletable tokens. Each distinct perturbed text is run once:
-the first and last points do not depend on the order and are shared by all classes.
+the first and last points do not depend on the order and are shared by all classes and the
+random order, and a short text's repeated counts are run once.
 """
 
 from __future__ import annotations
@@ -192,12 +193,13 @@ def _run(
         keys = torch.rand(n, t, generator=gen, device=x.device).double()
         random_rank = _ranks(keys.masked_fill(~deletable, -math.inf)[:, None])[:, 0]
 
-    jobs = _Jobs(n, counts, total)
+    jobs = _Jobs(counts, total)
     k = maps.shape[1]
     curve_jobs = jobs.add_rows(torch.arange(k))  # [B, K, S]
     random_jobs = jobs.add_rows(torch.tensor([-1]))[:, 0] if random_order else None
+    # Without a budget, one point's worth of texts per forward pass, as the image audits run.
     chunk = rows_per_chunk(
-        track, x, budget, default=len(jobs), per_row_extra=t * 16, what="one perturbed text"
+        track, x, budget, default=n * k, per_row_extra=t * 16, what="one perturbed text"
     )
     out = jobs.run(
         lambda b, row, count: _removed(b, row, count, rank, random_rank, deletable, kind),
@@ -319,7 +321,7 @@ class _Jobs:
     """The distinct perturbed texts: ``(sample, order, count)`` with ``order`` a row ``k``, the
     random order (-1) or none (-2: nothing or every deletable token substituted)."""
 
-    def __init__(self, n: int, counts: torch.Tensor, total: torch.Tensor) -> None:
+    def __init__(self, counts: torch.Tensor, total: torch.Tensor) -> None:
         self.counts, self.total = counts, total
         self.index: dict[tuple[int, int, int], int] = {}
 
