@@ -22,6 +22,7 @@ from ..attribution import Attribution
 from ..engine import layer_name, layer_output, outputs, parse_memory
 from ._perturbation import PerturbationCurves
 from ._scores import Tracked, generator, rows_per_chunk, take, tracked
+from .records import MetricRecord
 
 __all__ = ["token_deletion", "token_insertion"]
 
@@ -446,3 +447,37 @@ def _name(value: object) -> object:
         return value
     func = getattr(value, "func", value)
     return getattr(func, "__qualname__", type(func).__name__)
+
+
+RECORDS = (
+    MetricRecord(
+        name="token_deletion",
+        function=token_deletion,
+        result=PerturbationCurves,
+        explanation="the class score as the tokens the scores rank first are substituted (pad, "
+        "mask or unknown token): faithful token scores make it fall fast (area under the "
+        "curve, against a random order)",
+        doc="audit/deletion-insertion.md",
+        columns={"auc": "lower", "random_auc": None, "normalized_auc": "lower"},
+        random={"auc": "random_auc"},
+        # Declared literally: the command reads the records without importing this module.
+        not_in_runs="needs one score per token of token-id inputs (saliency.token_scores), "
+        "which a data-set run does not make of its methods' embedding attributions yet; call it "
+        "on a batch",
+    ),
+    MetricRecord(
+        name="token_insertion",
+        function=token_insertion,
+        result=PerturbationCurves,
+        explanation="the class score as the tokens the scores rank first are put back into a "
+        "substituted text: faithful token scores make it rise fast (area under the curve, "
+        "against a random order)",
+        doc="audit/deletion-insertion.md",
+        columns={"auc": "higher", "random_auc": None, "normalized_auc": "higher"},
+        random={"auc": "random_auc"},
+        # Declared literally: the command reads the records without importing this module.
+        not_in_runs="needs one score per token of token-id inputs (saliency.token_scores), "
+        "which a data-set run does not make of its methods' embedding attributions yet; call it "
+        "on a batch",
+    ),
+)
