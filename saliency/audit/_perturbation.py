@@ -18,7 +18,15 @@ import torch
 from ..attribution import Attribution
 from ..engine import parse_memory
 from ..methods.baselines import make_baseline
-from ._scores import Tracked, check_inputs, generator, number, rows_per_chunk, tracked
+from ._scores import (
+    Tracked,
+    check_explains,
+    check_inputs,
+    generator,
+    number,
+    rows_per_chunk,
+    tracked,
+)
 from .imputation import noisy_linear_imputation
 from .records import MetricRecord
 
@@ -366,6 +374,7 @@ def _run(
     noise: float | None,
 ) -> PerturbationCurves:
     check_inputs(x, attribution)
+    check_explains(model, x, attribution, output, forward_kwargs)
     for name, flag in (("abs", abs), ("random_order", random_order)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}: expected True or False, got {flag!r}")

@@ -52,7 +52,11 @@ ROWS: dict[str, str] = {
     "several": "2 or more classes per sample",
     "all": "every class of the model (classes=None)",
 }
-INPUTS: dict[str, str] = {"any": "any inputs", "images": "images [C, H, W]"}
+INPUTS: dict[str, str] = {
+    "any": "any inputs",
+    "numbers": "inputs with values in between, which it perturbs (not token ids)",
+    "images": "images [C, H, W]",
+}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,7 +70,7 @@ def write_report(
     """Write ``out / "report.html"`` from the summary, its maps, and ``fetch`` for pictures.
 
     ``fetch(method, wanted)`` returns the inputs of the samples in ``wanted`` (sample -> class
-    ids), one dict class -> map per sample found, and the samples found (see ``_Job.fetch``).
+    ids), one dict class -> map per sample found, and the samples found (see ``finisher.Pictures``).
     ``inputs(samples)``, when given, returns the inputs of ``samples`` (for the mean inputs under
     the mean maps); ``tokens(ids)`` the strings of token ids ``[n, T]``.
     """
