@@ -332,3 +332,28 @@ def test_a_large_run_pictures_mistakes_first_and_lists_every_sample(run, tmp_pat
     page = browser.evaluate(path, script)
     assert not page.console_errors and not page.page_errors
     assert page.value == [len(pictured), True, 16, 16 - len(pictured)]
+
+
+def test_a_text_run_draws_the_tokens_given_and_plain_gradients_by_their_norm(tmp_path):
+    model, info = models.load("sentiment")
+    ids, labels = models.held_out("sentiment", 16)
+    strings = lambda t: models.tokens("sentiment", t)  # noqa: E731
+    saliency.audit.run(
+        model, (ids, labels), out_dir=tmp_path / "run", metrics=["norms"], batch_size=8,
+        class_names=info.class_names, tokens=strings,
+    )  # fmt: skip
+    text = (tmp_path / "run" / "report.html").read_text()
+    # (the explorer's pictures are inlined as JSON strings)
+    text = text.replace("\\u003c", "<").replace("\\u003e", ">").replace('\\"', '"')
+    words = {w for row in strings(ids) for w in row}
+    shown = set(
+        re.findall(r'<span style="background:#[0-9a-f]{6};[^"]*" title="[^"]*">([^<]*)<', text)
+    )
+    assert shown and shown <= words  # the words (no "#id"), and padding not drawn
+    # Plain embedding gradients are drawn by their norm: no token is coloured blue (negative).
+    colours = re.findall(r'<span style="background:#([0-9a-f]{6});', text)
+    assert all(int(c[0:2], 16) >= int(c[4:6], 16) for c in colours)
+    described = {"callable": "saliency.methods._gradients.gradients", "keywords": {}}
+    assert report_module._token_reduction(described) == "norm"
+    described["keywords"]["times_input"] = True
+    assert report_module._token_reduction(described) == "sum"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..engine import outputs
 from ..io import LoadedModel, load_model
 from ..methods import Method
 from ..methods import records as method_records
+from ..models.data import TEXT_DATASETS
 from .console import Interrupted, say
 from .options import (
     build_method,
@@ -21,6 +23,13 @@ from .options import (
     read_class_names,
     read_memory,
 )
+
+
+def _token_strings(name: str):
+    """The bundled text data's token strings, for the report (None for other data)."""
+    if name not in TEXT_DATASETS:
+        return None
+    return functools.partial(models.tokens, name)
 
 
 def audit(args: argparse.Namespace) -> int:
@@ -73,6 +82,7 @@ def audit(args: argparse.Namespace) -> int:
             class_names=names,
             mean=mean,
             std=std,
+            tokens=_token_strings(args.data) if bundled else None,
             report=not args.no_report,
             progress=args.progress,
             overwrite=args.overwrite,

@@ -29,13 +29,15 @@ def finish(
     class_names,
     mean,
     std,
+    tokens=None,
     report: bool,
 ) -> None:
     """Write ``summary.json``, ``summary.safetensors`` and (``report``) ``report.html``.
 
     A finished run keeps them when each still has the SHA-256 its manifest recorded and the
-    report was drawn with these ``class_names``, ``mean`` and ``std``; a damaged or edited file
-    is written again, and a report drawn otherwise is drawn again.
+    report was drawn with these ``class_names``, ``mean``, ``std`` and ``tokens`` (a callable
+    counts as given or not); a damaged or edited file is written again, and a report drawn
+    otherwise is drawn again.
     """
     from .summary import write_summary
 
@@ -50,7 +52,9 @@ def finish(
     manifest["complete"] = shards.compress(range(len(plan.shards)))
     results = dict(manifest.get("results") or {})
     files = dict(results.get("files") or {})
-    drawn = manifests.describe({"class_names": class_names, "mean": mean, "std": std})
+    drawn = manifests.describe(
+        {"class_names": class_names, "mean": mean, "std": std, "tokens": tokens is not None}
+    )
     summary_whole = bool(manifest.get("finished")) and all(
         _whole(plan.out, name, files) for name in SUMMARY
     )
@@ -82,6 +86,7 @@ def finish(
             class_names=class_names,
             mean=mean,
             std=std,
+            tokens=tokens,
             inputs=lambda samples: inputs_of(plan, samples),
         )
         files[REPORT] = shards.hashed(plan.out / REPORT)

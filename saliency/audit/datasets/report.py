@@ -338,14 +338,25 @@ def _pictures(run: _Run, method: str, wanted: dict[int, set[int]]) -> dict[tuple
     """HTML pictures of (sample, class) pairs, fetched a few samples at a time."""
     out = {}
     samples = sorted(wanted)
+    reduce = _token_reduction(run.manifest["config"]["methods"].get(method))
     for start in range(0, len(samples), _CHUNK):
         chunk = {s: sorted(wanted[s]) for s in samples[start : start + _CHUNK]}
         x, maps, found = run.fetch(method, chunk)
         for p, s in enumerate(found):
             for c in chunk[s]:
                 if c in maps[p]:
-                    out[(s, c)] = run.painter.card_picture(x[p], maps[p][c])
+                    out[(s, c)] = run.painter.card_picture(x[p], maps[p][c], reduce)
     return out
+
+
+def _token_reduction(described: object) -> str:
+    """How a method's embedding maps become token scores: their L2 norm for plain gradients
+    (whose sum over the embedding is not a token score), else their sum (complete for
+    Integrated Gradients and gradient x input)."""
+    if not isinstance(described, dict):
+        return "sum"
+    plain = described.get("callable") == "saliency.methods._gradients.gradients"
+    return "norm" if plain and not described.get("keywords", {}).get("times_input") else "sum"
 
 
 def _mean_inputs(run: _Run, rows: dict[str, MethodRows]) -> dict[tuple[int, int], torch.Tensor]:

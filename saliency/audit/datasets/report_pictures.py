@@ -55,9 +55,14 @@ class Painter:
             raise ValueError(f"kind: expected one of {sorted(PAINTERS)}, got {kind!r}")
         self.kind, self.mean, self.std, self.tokens = kind, mean, std, tokens
 
-    def card_picture(self, x: torch.Tensor, values: torch.Tensor) -> str:
-        """HTML of one sample's picture for one class: ``x`` is the sample, ``values`` its map."""
-        return PAINTERS[self.kind](self, x, values)
+    def card_picture(self, x: torch.Tensor, values: torch.Tensor, reduce: str = "sum") -> str:
+        """HTML of one sample's picture for one class: ``x`` is the sample, ``values`` its map.
+
+        ``reduce`` turns one embedding vector per token into one score (see
+        :func:`saliency.token_scores`): ``"sum"``, or ``"norm"`` for plain gradients, whose sum
+        over the embedding is not a token score.
+        """
+        return PAINTERS[self.kind](self, x, values, reduce)
 
     def input_uri(self, x: torch.Tensor) -> str:
         """A PNG data URI of an image sample, undoing the normalisation."""
@@ -83,17 +88,17 @@ class Painter:
         return [f"x{i}" for i in range(x.numel())]
 
 
-def _image_card(painter: Painter, x: torch.Tensor, values: torch.Tensor) -> str:
+def _image_card(painter: Painter, x: torch.Tensor, values: torch.Tensor, _reduce: str) -> str:
     return (
         f'<img class="rp-map" alt="map" src="{painter.map_uri(values)}">'
         f'<img class="rp-in" alt="input" src="{painter.input_uri(x)}">'
     )
 
 
-def _sequence_card(painter: Painter, x: torch.Tensor, values: torch.Tensor) -> str:
+def _sequence_card(painter: Painter, x: torch.Tensor, values: torch.Tensor, reduce: str) -> str:
     scores = values.detach().float().cpu()
-    if scores.ndim == 2:
-        scores = scores.sum(-1)  # one score per token: the sum over the embedding
+    if scores.ndim == 2:  # one score per token, from its embedding vector
+        scores = scores.norm(dim=-1) if reduce == "norm" else scores.sum(-1)
     scores = scores.reshape(-1)
     texts = painter.texts(x)[: scores.numel()]
     if not texts:
@@ -107,7 +112,7 @@ def _sequence_card(painter: Painter, x: torch.Tensor, values: torch.Tensor) -> s
     return f'<div class="rp-tokens">{spans}</div>'
 
 
-PAINTERS: dict[str, Callable[[Painter, torch.Tensor, torch.Tensor], str]] = {
+PAINTERS: dict[str, Callable[[Painter, torch.Tensor, torch.Tensor, str], str]] = {
     "image": _image_card,
     "sequence": _sequence_card,
 }

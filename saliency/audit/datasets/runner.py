@@ -88,6 +88,7 @@ def run(
     class_names: Sequence[str] | None = None,
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
+    tokens: Callable[[object], list[list[str]]] | None = None,
     report: bool = True,
     progress: bool = False,
     overwrite: bool = False,
@@ -150,6 +151,11 @@ def run(
     class_names, mean, std
         For the report's pictures: class names, and the normalisation ``(x - mean) / std`` of the
         inputs, undone to draw them.
+    tokens
+        For the report's pictures of token ids: a callable mapping ids ``[n, T]`` to ``n``
+        lists of strings (a list may be shorter than ``T``: its trailing positions, the
+        padding, are then not drawn), e.g. ``lambda ids: [tokenizer.convert_ids_to_tokens(i)
+        for i in ids]``. Without it, tokens are drawn as ``#id``.
     report
         Write ``report.html``, a self-contained page (pictures inlined).
     progress
@@ -218,7 +224,14 @@ def run(
         _shared(
             r,
             lambda: finish(
-                plan, folder, worker, class_names=class_names, mean=mean, std=std, report=report
+                plan,
+                folder,
+                worker,
+                class_names=class_names,
+                mean=mean,
+                std=std,
+                tokens=tokens,
+                report=report,
             ),
         )
     summary = json.loads((plan.out / "summary.json").read_text())
