@@ -289,3 +289,25 @@ def test_every_metric_that_perturbs_the_inputs_is_refused_on_token_ids(tmp_path)
         with pytest.raises(ValueError, match=rf"'{name}' perturbs or differentiates the inputs"):
             saliency.audit.run(model, (ids, labels), out_dir=tmp_path / name, metrics=[name])
         assert not (tmp_path / name).exists()
+
+
+def test_class_sensitivity_in_a_run_leaves_the_padding_out(bert, tmp_path):
+    model, ids, mask, _, labels = bert
+    keep = mask.sum(1) >= 2  # class_sensitivity needs 2 kept positions per sample
+    ids, mask, labels = ids[keep], mask[keep], labels[keep]
+    data = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    run = saliency.audit.run(
+        model, data, out_dir=tmp_path, methods="gradients", metrics=["class_sensitivity"],
+        batch_size=len(ids), **FAST,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "shards" / "000000.jsonl").open()]
+    got = {(r["index"], r["class"]): r["class_sensitivity.mean_other"] for r in rows}
+    a = saliency.gradients(
+        model, ids, layer=model.get_input_embeddings(), attention_mask=mask, strategy="loop"
+    )
+    masked = saliency.audit.class_sensitivity(a, mask=mask).mean_other
+    padded = saliency.audit.class_sensitivity(a).mean_other
+    for (s, c), value in got.items():
+        assert value == pytest.approx(float(masked[s, c]), rel=1e-5, abs=1e-6)
+    assert not torch.allclose(masked, padded)  # the padding would have counted
+    assert run.summary["explained"] == len(ids)

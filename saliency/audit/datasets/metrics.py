@@ -113,6 +113,9 @@ def _compute(
             "output": b.output,
             "max_memory": b.max_memory,
             "seed": b.seed_for(f"metric:{name}"),
+            # padding is left out of a metric that takes a mask (class_sensitivity's mask=)
+            "mask": b.forward.get("attention_mask"),
+            "attention_mask": b.forward.get("attention_mask"),
         }
         args, kwargs = [], {}
         for p in parameters.values():
