@@ -2,6 +2,7 @@
 
 from .budget import parse_memory
 from .forward import GuardError
+from .identity import owners
 from .jacobian import (
     JacobianChunk,
     JacobianResult,
@@ -30,6 +31,7 @@ __all__ = [
     "layer_name",
     "layer_output",
     "outputs",
+    "owners",
     "parse_memory",
     "read_scores",
     "sample_rows",

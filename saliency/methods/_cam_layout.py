@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..engine.identity import owners
+from ..engine import owners
 
 __all__ = ["Layout", "apply", "layout"]
 
