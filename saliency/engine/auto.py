@@ -12,7 +12,8 @@ steps, both reading the strategies' records (:mod:`.strategies`):
 2. **A race on the real work.** Otherwise the "base" strategy (``loop``) and the "batched" one
    (``vmap``), each differentiating a shared forward pass, split the first targets of the first
    row chunk between them: the base computes two targets, the batched one two (the first of them
-   the base's last again), and, when that is promising, four more. The blocks are part of the
+   the base's last again), and, when it is slower per target but not hopelessly so, four more
+   (its fixed cost per pass is shared by more targets at its full width). The blocks are part of the
    result and the winner computes the rest. Since a call's bits must not depend on whether it was
    the first, the target done twice is compared: strategies that agree bit for bit there keep
    every block; otherwise the loser's blocks are computed again by the winner. The batched
@@ -111,6 +112,8 @@ class Race:
         if (other, a) not in self.times:
             return self._ask(other, a)
         t_base, t_a = min(self.times[base, 1]), self.times[other, a][0]
+        if t_a / a < t_base:  # already faster per target: at its full width it only gains
+            return self._decide(other)
         if t_a / a >= _HOPELESS * t_base:
             return self._decide(base)
         if (other, b) not in self.times and b > a and self.left >= b:
