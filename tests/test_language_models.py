@@ -198,3 +198,28 @@ def test_audit_run_with_ig_on_a_language_model(tmp_path):
     )  # fmt: skip
     assert result.shards == 2 and result.computed == 2
     assert result.summary["samples"] == 4
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gradcam_over_the_tokens_of_a_decoder_block(name):
+    lm = MODELS[name]()
+    ids = ids_for()
+    blocks = [m for m in lm.modules() if type(m).__name__ in ("LlamaDecoderLayer", "GPT2Block")]
+    layer = blocks[-1]  # its output [B, T, E]: one map value per token, E channels
+    cam = saliency.gradcam(lm, ids, layer=layer, output=pick, size=None)
+    # The oracle: channel weights are the gradients averaged over the tokens, by autograd.
+    seen = {}
+
+    def keep(module, args, out):
+        seen["a"] = out[0] if isinstance(out, tuple) else out
+
+    handle = layer.register_forward_hook(keep)
+    scores = pick(lm(ids))
+    handle.remove()
+    acts = seen["a"]
+    maps = []
+    for k in range(len(LABELS)):
+        (g,) = torch.autograd.grad(scores[:, k].sum(), acts, retain_graph=True)
+        maps.append(torch.relu((g.mean(1, keepdim=True) * acts).sum(-1)))
+    torch.testing.assert_close(cam.values, torch.stack(maps, 1).detach(), atol=1e-6, rtol=1e-5)
+    assert cam.values.shape == (3, len(LABELS), ids.shape[1])
