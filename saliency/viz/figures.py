@@ -29,10 +29,10 @@ from matplotlib.figure import Figure
 
 from saliency.viz.colormaps import DIVERGING, SEQUENTIAL
 from saliency.viz.images import image_maps, to_numpy, to_rgb_batch
-from saliency.viz.labels import class_label
+from saliency.viz.labels import class_label, class_name, output_word
 from saliency.viz.normalization import check_options, scaled_maps
 from saliency.viz.paint import backgrounds, paint
-from saliency.viz.thresholds import percentile_threshold
+from saliency.viz.thresholds import full_colour
 
 __all__ = ["plot_classes", "plot_features"]
 
@@ -98,7 +98,7 @@ def plot_classes(
     maps = scaled_maps(values, sign=sign, reduce="sum", clip=None)[0]  # [B, K, H, W], signs kept
     height, width = maps.shape[-2:]
     rows = np.ascontiguousarray(maps.transpose(0, 2, 1, 3)).reshape(n_samples, height, -1)
-    thresholds = [_threshold(rows[b], percentile) for b in range(n_samples)]
+    thresholds = [full_colour(rows[b], percentile) for b in range(n_samples)]
     indices = (
         np.stack([_indices(rows[b], t, signed) for b, t in enumerate(thresholds)])
         .reshape(n_samples, height, n_classes, width)
@@ -124,7 +124,7 @@ def plot_classes(
         figsize=(cell_size * columns + 0.9, cell_size * n_samples + 0.5), layout="constrained"
     )
     axes = fig.subplots(n_samples, columns, squeeze=False)
-    word = _output_word(attribution)
+    word = output_word(attribution)
     for b in range(n_samples):
         predicted = int(np.argmax(outputs[b])) if outputs is not None and outputs.shape[1] else -1
         if first:
@@ -239,36 +239,12 @@ def _labels(labels: object, n: int) -> list[int] | None:
 def _row_label(b: int, truth, outputs, class_names) -> str:
     parts = [f"#{b}"]
     if truth is not None:
-        parts.append(f"true {_name(truth[b], class_names)}")
+        parts.append(f"true {class_name(truth[b], class_names)}")
     if outputs is not None and outputs.shape[1]:
         predicted = int(np.argmax(outputs[b]))
         mark = "" if truth is None else (" ✓" if predicted == truth[b] else " ✗")
-        parts.append(f"predicted {_name(predicted, class_names)}{mark}")
+        parts.append(f"predicted {class_name(predicted, class_names)}{mark}")
     return "\n".join(parts)
-
-
-def _name(c: int, class_names) -> str:
-    try:
-        return class_label(c, class_names)
-    except ValueError:
-        return str(c)
-
-
-def _output_word(attribution: object) -> str:
-    """What ``outputs`` hold, in a title: ``logit``, ``probability``, ..."""
-    params = getattr(attribution, "params", None)
-    output = params.get("output") if isinstance(params, dict) else None
-    return {
-        "logits": "logit",
-        "softmax": "probability",
-        "log_softmax": "log-probability",
-    }.get(output, "score")
-
-
-def _threshold(magnitudes: np.ndarray, percentile: float) -> float:
-    flat = np.abs(magnitudes.astype(np.float64)).reshape(1, -1)
-    t = float(percentile_threshold(flat, percentile)[0])
-    return t if t > 0 else (float(flat.max()) or 1.0)
 
 
 def _indices(maps: np.ndarray, threshold: float, signed: bool) -> np.ndarray:

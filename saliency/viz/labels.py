@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["class_label", "file_stem"]
+__all__ = ["class_label", "class_name", "file_stem", "output_word"]
 
 ClassNames = Sequence[str] | Mapping[int, str] | None
 
@@ -27,6 +27,32 @@ def class_label(class_id: int, class_names: ClassNames) -> str:
     raise ValueError(
         f"class_names has no entry for class {class_id} (it has {len(class_names)} entries)"
     )
+
+
+def class_name(class_id: int, class_names: ClassNames) -> str:
+    """:func:`class_label`, or the id itself where ``class_names`` has no entry for it.
+
+    >>> class_name(1, ["cat", "dog"]), class_name(5, ["cat", "dog"])
+    ('dog', '5')
+    """
+    try:
+        return class_label(class_id, class_names)
+    except ValueError:
+        return str(int(class_id))
+
+
+def output_word(attribution: object) -> str:
+    """What an attribution's ``outputs`` hold, in one word for a label: ``logit``,
+    ``probability``, ``log-probability``, or ``score`` (a callable ``output=``).
+
+    >>> from types import SimpleNamespace
+    >>> output_word(SimpleNamespace(params={"output": "softmax"}))
+    'probability'
+    """
+    params = getattr(attribution, "params", None)
+    output = params.get("output") if isinstance(params, dict) else None
+    words = {"logits": "logit", "softmax": "probability", "log_softmax": "log-probability"}
+    return words.get(output, "score") if isinstance(output, str) else "score"
 
 
 def file_stem(index: int, class_id: int, class_names: ClassNames) -> str:

@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["mass_threshold", "percentile_threshold"]
+__all__ = ["full_colour", "mass_threshold", "percentile_threshold"]
 
 _SAMPLE = 2048  # sample size per map; maps up to 4x this are simply sorted
 _MARGIN = 0.03  # how far below the sample's estimate the bound goes (about 8 standard errors)
@@ -29,6 +29,14 @@ _MARGIN = 0.03  # how far below the sample's estimate the bound goes (about 8 st
 def percentile_threshold(magnitude: np.ndarray, percentile: float) -> np.ndarray:
     """``np.percentile(row, percentile)`` (linear interpolation) of every row of a 2-D array."""
     return _per_row(magnitude, percentile, _percentile_sorted, _percentile_tail)
+
+
+def full_colour(values: np.ndarray, percentile: float = 99.0) -> float:
+    """The magnitude drawn at full colour for ``values``: the ``percentile`` of ``|values|``, or
+    their largest magnitude when that is 0 (or 1 for an all-zero map, a valid picture)."""
+    magnitude = np.abs(np.asarray(values, dtype=np.float64)).reshape(1, -1)
+    t = float(percentile_threshold(magnitude, percentile)[0])
+    return t if t > 0 else (float(magnitude.max()) or 1.0)
 
 
 def mass_threshold(magnitude: np.ndarray, percentile: float) -> np.ndarray:

@@ -35,9 +35,9 @@ from saliency.viz import html as shell
 from saliency.viz.colormaps import lookup_table
 from saliency.viz.draw import grid
 from saliency.viz.images import channel_axis, to_numpy
-from saliency.viz.labels import class_label
+from saliency.viz.labels import class_name, output_word
 from saliency.viz.pictures import input_pictures
-from saliency.viz.thresholds import percentile_threshold
+from saliency.viz.thresholds import full_colour
 from saliency.viz.token_pictures import Skip, _skipper
 
 __all__ = ["View", "notebook_view", "view"]
@@ -160,7 +160,7 @@ def view(
         if kind == "image":
             grids = [_shrink(m, max_side) for m in _image_maps(rows)]
             entry["maps"] = [shell.table_data(g) for g in grids]
-            entry["clip"] = [_clip(g) for g in grids]
+            entry["clip"] = [full_colour(g) for g in grids]
             if x is not None:
                 pictures[b] = _shrink_rgb(_input(x, b, n, shape, mean, std), grids[0].shape)
                 entry["input"] = shell.png_uri(pictures[b])
@@ -170,7 +170,7 @@ def view(
             keep = [i for i, t in enumerate(texts[b]) if not hidden(t)]
             entry["tokens"] = [texts[b][i] for i in keep]
             entry["maps"] = [shell.table_data(r[keep]) for r in rows]
-            entry["clip"] = [_clip(r[keep]) for r in rows]
+            entry["clip"] = [full_colour(r[keep]) for r in rows]
         shown.append(entry)
 
     cmap = _SIGNED_MAP if signed else _UNSIGNED_MAP
@@ -184,14 +184,14 @@ def view(
     data = {
         "kind": kind,
         "method": getattr(attribution, "method", ""),
-        "output": _output_name(attribution),
+        "output": output_word(attribution),
         "signed": signed,
         "lut": lookup_table(cmap, signed).reshape(-1).tolist(),
         "bar": shell.colour_bar(cmap, signed),
         "height": height,
         "width": width,
         "block": block,
-        "names": {str(c): _name(c, class_names) for c in sorted(used) if c >= 0},
+        "names": {str(c): class_name(c, class_names) for c in sorted(used) if c >= 0},
         "samples": shown,
         "total": {"samples": n, "classes": int(classes.shape[1])},
     }
@@ -373,28 +373,6 @@ def _shrink_rgb(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(picture)
 
 
-def _clip(m: np.ndarray) -> float:
-    """The magnitude drawn at full colour: the 99th percentile of ``|m|`` (else its largest)."""
-    magnitude = np.abs(m.astype(np.float64).reshape(1, -1))
-    t = float(percentile_threshold(magnitude, 99.0)[0])
-    return t if t > 0 else (float(magnitude.max()) or 1.0)
-
-
-def _name(c: int, class_names) -> str:
-    try:
-        return class_label(c, class_names)
-    except ValueError:
-        return str(c)
-
-
-def _output_name(attribution: object) -> str:
-    """What ``outputs`` hold, in a label: ``logit``, ``probability``, ..."""
-    params = getattr(attribution, "params", None)
-    output = params.get("output") if isinstance(params, dict) else None
-    words = {"logits": "logit", "softmax": "probability", "log_softmax": "log-probability"}
-    return words.get(output, "score") if isinstance(output, str) else "score"
-
-
 def _static(entry: dict, grids: list, pixels, lut: np.ndarray, signed: bool, names) -> str:
     """What shows where scripts do not run (an untrusted notebook): the first sample's maps."""
     note = (
@@ -409,7 +387,7 @@ def _static(entry: dict, grids: list, pixels, lut: np.ndarray, signed: bool, nam
         labels.append("input")
     for c, clip, g in zip(entry["classes"][:8], entry["clip"], grids, strict=False):
         tiles.append(Image.fromarray(_colour(g, clip, lut, signed)))
-        labels.append(_name(c, names))
+        labels.append(class_name(c, names))
     picture = grid(tiles, rows=1, labels=labels, min_size=96)
     return f'<img alt="" src="{shell.png_uri(picture)}">' + note
 
