@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib.util
 import io
 import json
 import re
 import shutil
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,23 +23,6 @@ from saliency.audit import records
 from saliency.audit.datasets import report as report_module
 from saliency.audit.datasets.report_pictures import Painter, kind_of
 from saliency.audit.datasets.report_rows import spread
-
-
-def _browser():
-    path = Path(__file__).resolve().parent / "_browser.py"
-    spec = importlib.util.spec_from_file_location("_browser", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("_browser", module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _need_browser():
-    browser = _browser()
-    if reason := browser.unavailable():
-        pytest.skip(reason)
-    return browser
-
 
 _WRONG = {5: 0, 11: 2}  # samples given a wrong label, so that the report has mistakes to show
 
@@ -78,8 +59,7 @@ def _explorer_data(text: str) -> dict:
     return json.loads(found.group(1))
 
 
-def test_report_opens_offline_with_every_picture_loaded(report, tmp_path):
-    browser = _need_browser()
+def test_report_opens_offline_with_every_picture_loaded(browser, report, tmp_path):
     page = browser.evaluate(
         report,
         "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])",
@@ -182,8 +162,7 @@ def test_mean_maps_have_headers_and_the_mean_input_under_each_map(run, report):
     np.testing.assert_allclose(shown, expected, atol=1.0)
 
 
-def test_explorer_filters_and_sorts_in_a_browser(run, report, tmp_path):
-    browser = _need_browser()
+def test_explorer_filters_and_sorts_in_a_browser(browser, run, report, tmp_path):
     _, _, y, _, rows = run
     data = _explorer_data(report.read_text())
     column = [c["key"] for c in data["columns"]].index("deletion.normalized_auc")
@@ -302,8 +281,9 @@ def test_a_token_run_pictures_tokens_and_draws_no_mean_maps(tmp_path):
     assert shown == [f"#{int(t)}" for t in ids[0]]  # token ids, as no strings were given
 
 
-def test_a_large_run_pictures_mistakes_first_and_lists_every_sample(run, tmp_path, monkeypatch):
-    browser = _need_browser()
+def test_a_large_run_pictures_mistakes_first_and_lists_every_sample(
+    browser, run, tmp_path, monkeypatch
+):
     out, x, y, info, _ = run
     out = Path(shutil.copytree(out, tmp_path / "run"))
     monkeypatch.setattr(report_module, "_PICTURED", 6)  # as if the run were large

@@ -4,11 +4,8 @@ real headless Chromium (select a sample and a class, point at a pixel or a token
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,22 +14,6 @@ import torch
 import saliency
 from saliency import models, viz
 from saliency.viz import html as shell
-
-
-def _browser():
-    path = Path(__file__).resolve().parent / "_browser.py"
-    spec = importlib.util.spec_from_file_location("_browser", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("_browser", module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _need_browser():
-    browser = _browser()
-    if reason := browser.unavailable():
-        pytest.skip(reason)
-    return browser
 
 
 def _data(html: str) -> dict:
@@ -94,8 +75,9 @@ def test_view_escapes_every_string_and_fetches_nothing(digits, tmp_path) -> None
         v.save(tmp_path / "view.png")
 
 
-def test_view_in_a_browser_selects_samples_and_classes_and_reads_values(digits, tmp_path) -> None:
-    browser = _need_browser()
+def test_view_in_a_browser_selects_samples_and_classes_and_reads_values(
+    browser, digits, tmp_path
+) -> None:
     a, x, y, names, info = digits
     v = viz.view(a, x, labels=y, class_names=names, mean=info.mean, std=info.std)
     path = v.save(tmp_path / "view.html")
@@ -159,8 +141,7 @@ def test_view_in_a_browser_selects_samples_and_classes_and_reads_values(digits, 
     assert "<img" not in seen["title"]
 
 
-def test_two_views_in_one_notebook_page_work_apart(digits, tmp_path) -> None:
-    browser = _need_browser()
+def test_two_views_in_one_notebook_page_work_apart(browser, digits, tmp_path) -> None:
     a, x, y, _, _ = digits
     first = viz.view(a, x, labels=y)._repr_html_()
     second = a[6:9]._repr_html_()  # an Attribution alone in a cell: no inputs
@@ -184,8 +165,7 @@ def test_two_views_in_one_notebook_page_work_apart(digits, tmp_path) -> None:
     assert (two["sample"], two["options"], two["inputs"], two["note"]) == ("2", 3, 0, "note")
 
 
-def test_token_view_colours_tokens_and_reads_their_scores(tmp_path) -> None:
-    browser = _need_browser()
+def test_token_view_colours_tokens_and_reads_their_scores(browser, tmp_path) -> None:
     scores = torch.tensor([[[0.5, -2.0, 0.0, 1.0], [1.0, 0.25, -0.5, 0.0]]])
     a = saliency.Attribution(
         values=scores, classes=torch.tensor([[0, 1]]), outputs=torch.tensor([[0.2, 1.3]]),
