@@ -22,6 +22,7 @@ from ._scores import (
     Tracked,
     check_explains,
     check_inputs,
+    describe,
     generator,
     number,
     rows_per_chunk,
@@ -449,12 +450,12 @@ def _run(
 
     params = {
         "steps": steps,
-        "substrate": _describe(substrate) if not is_road else "noisy_linear_imputation",
+        "substrate": describe(substrate) if not is_road else "noisy_linear_imputation",
         "features": features,
         "abs": abs,
         "random_order": random_order,
         "seed": seed,
-        "output": _describe(track.output),
+        "output": describe(track.output),
         "max_memory": max_memory,
     }
     if is_road:
@@ -647,12 +648,3 @@ def _check_steps(steps: object, d: int, is_road: bool) -> int:
             f"steps: expected an int from {low} to the number of features ({d}), got {steps!r}"
         )
     return steps if is_road else steps + 1
-
-
-def _describe(value: object) -> object:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else f"tensor{list(value.shape)}"
-    func = getattr(value, "func", value)
-    return getattr(func, "__qualname__", type(func).__name__)

@@ -23,6 +23,7 @@ __all__ = [
     "Tracked",
     "check_explains",
     "check_inputs",
+    "describe",
     "generator",
     "number",
     "rows_per_chunk",
@@ -255,6 +256,17 @@ def _output(attribution: Attribution, output: str | Callable | None) -> str | Ca
             "by name only; pass the same callable as output="
         )
     return recorded
+
+
+def describe(value: object) -> object:
+    """A JSON-safe description of a metric's argument for its ``params`` (tensors by value or
+    shape, callables by name)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else f"tensor{list(value.shape)}"
+    func = getattr(value, "func", value)
+    return getattr(func, "__qualname__", type(func).__name__)
 
 
 def number(value: torch.Tensor) -> float | None:

@@ -21,7 +21,7 @@ from torch import nn
 from ..attribution import Attribution
 from ..engine import layer_name, layer_output, outputs, parse_memory
 from ._perturbation import PerturbationCurves
-from ._scores import Tracked, generator, rows_per_chunk, take, tracked
+from ._scores import Tracked, check_explains, describe, generator, rows_per_chunk, take, tracked
 from .records import MetricRecord
 
 __all__ = ["token_deletion", "token_insertion"]
@@ -167,6 +167,7 @@ def _run(
     forward_kwargs: dict,
 ) -> PerturbationCurves:
     scores = _check(x, attribution)
+    check_explains(model, x, attribution, output, forward_kwargs)
     for name, flag in (("abs", abs), ("random_order", random_order)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}: expected True or False, got {flag!r}")
@@ -214,7 +215,6 @@ def _run(
     flat = picked.reshape(-1, picked.shape[-1])
     curves = track.scores(flat, samples.reshape(-1), rows.reshape(-1)).view(n, k, steps + 1)
     is_top = track.is_top(flat, samples.reshape(-1), rows.reshape(-1)).view(n, k, steps + 1)
-    _check_at_x(curves[..., 0 if kind == "deletion" else -1], attribution, output)
     random_curves = None
     if random_jobs is not None:
         r_out = out[random_jobs]  # [B, S, C]
@@ -243,7 +243,7 @@ def _run(
         "abs": abs,
         "random_order": random_order,
         "seed": seed,
-        "output": _name(track.output),
+        "output": describe(track.output),
         "max_memory": max_memory,
     }
     if layer is not None:
@@ -424,29 +424,6 @@ def _check(x: object, attribution: object) -> torch.Tensor:
         bad = (~torch.isfinite(v.flatten(1))).any(1).nonzero().flatten().tolist()
         raise ValueError(f"attribution: NaN or inf values for samples {bad[:8]}")
     return v
-
-
-def _check_at_x(at_x: torch.Tensor, attribution: Attribution, output) -> None:
-    """The curve's point at ``x`` is the attribution's own score there, or the attribution
-    explains other inputs (or another model)."""
-    described = attribution.params.get("classes")
-    if output is not None or (isinstance(described, dict) and "contrast" in described):
-        return  # another transform, or differences of two classes: not comparable here
-    ids = attribution.classes.to(attribution.outputs.device)
-    recorded = attribution.outputs.gather(1, ids).to(at_x)
-    if not torch.allclose(at_x, recorded, rtol=1e-3, atol=1e-4):
-        worst = float((at_x - recorded).abs().max())
-        raise ValueError(
-            f"attribution: its recorded outputs differ from the model's at x (by up to "
-            f"{worst:.3g}): it explains other inputs, or another model"
-        )
-
-
-def _name(value: object) -> object:
-    if isinstance(value, str):
-        return value
-    func = getattr(value, "func", value)
-    return getattr(func, "__qualname__", type(func).__name__)
 
 
 RECORDS = (
