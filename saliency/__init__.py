@@ -6,6 +6,7 @@ methods, pictures and audits are layers above it.
 
 from .attribution import Attribution
 from .engine import class_jacobian, iter_class_jacobian
+from .generation import explain_generation
 from .methods import from_captum, gradcam, gradients, integrated_gradients, smoothgrad
 from .outputs import next_token
 from .targets import contrast, top_k
@@ -17,6 +18,7 @@ __all__ = [
     "Attribution",
     "class_jacobian",
     "contrast",
+    "explain_generation",
     "from_captum",
     "gradcam",
     "gradients",

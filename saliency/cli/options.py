@@ -10,7 +10,7 @@ from pathlib import Path
 from ..engine import parse_memory
 from ..io import LoadedModel
 from ..methods import Method, gradients, integrated_gradients, smoothgrad
-from ..models.data import TEXT_DATASETS
+from ..models.data import GENERATION_DATASETS, TEXT_DATASETS
 from ..targets import Classes, Contrast, TopK, top_k
 
 # The one table of methods: each name, and how the command builds it from its options. Both
@@ -67,6 +67,13 @@ def read_class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
 
 
 def refuse_text_model(model: str, command: str) -> None:
+    if model in GENERATION_DATASETS:
+        raise ValueError(
+            f"MODEL: {model!r} is a language model (it generates tokens), and saliency {command} "
+            "explains classifiers. Explain its generations in Python: "
+            "saliency.explain_generation(model, prompts, max_new_tokens=...) (see the docs' "
+            "Generation page)"
+        )
     if model in TEXT_DATASETS:
         raise ValueError(
             f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
