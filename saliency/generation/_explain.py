@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..engine import layer_name, parse_memory
+from ..engine import layer_name, layer_output, outputs, parse_memory, scores_of
 from ..methods import gradients, integrated_gradients, smoothgrad
 from ..methods._request import describe
 from . import _context as context_
@@ -317,6 +317,30 @@ def _tokens(tokenizer: object, ctx) -> tuple[list | None, list | None]:
 # -- one chunk ----------------------------------------------------------------------------------
 
 
+def _flat(raw: object) -> torch.Tensor:
+    """``output=`` for a whole forward pass: the logits ``[B, T, V]`` as ``[B, T * V]``."""
+    logits = scores_of(raw)
+    if logits.ndim != 3:
+        raise ValueError(
+            f"model: expected language-model logits [B, T, V], got shape {tuple(logits.shape)}; "
+            "explain_generation needs a model with a language-model head"
+        )
+    return logits.flatten(1)
+
+
+def _logits(model: Callable, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The logits ``[B, T, V]`` of one guarded forward pass without a graph."""
+    shape = []
+
+    def keep(raw: object) -> torch.Tensor:
+        flat = _flat(raw)
+        shape[:] = scores_of(raw).shape
+        return flat
+
+    flat = outputs(model, x, output=keep, **kwargs)
+    return flat.view(*shape)
+
+
 def _call(method, options, seed, runner, ctx, length, output, kw, budget, max_memory):
     common = dict(output=output, max_memory=budget, **kw)
     x, layer = runner.point(ctx, length)
@@ -360,6 +384,7 @@ class _Decoder:
         self.masked = context_.accepts(model, "attention_mask")
         self.wrapped = Forced(
             model,
+            masked=self.masked,
             positions=self.positions,
             keep=context_.accepts(model, "logits_to_keep"),
             no_cache=context_.accepts(model, "use_cache"),
@@ -370,53 +395,35 @@ class _Decoder:
         return None
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, T, V]`` without a graph (positions from the mask)."""
-        from ..engine import scores_of
-
+        """Logits ``[B, T, V]`` without a graph (positions from the mask), through the engine's
+        guards, so that a random or batch-coupled model is refused here with its true cause."""
         kwargs = {"attention_mask": mask}
         if self.positions:
             kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp_min(0)
-        with torch.no_grad():
-            out = scores_of(self.wrapped(ids, **kwargs))
-        if out.ndim != 3:
-            raise ValueError(
-                f"model: expected language-model logits [B, T, V], got shape {tuple(out.shape)}; "
-                "explain_generation needs a model with a language-model head"
-            )
-        return out
+        return _logits(self.wrapped, ids, kwargs)
 
     def prepare(self, ctx) -> None:
-        pass
+        if not self.masked and not bool(ctx.mask.bool().all()):
+            raise ValueError(
+                f"attention_mask: {type(self.model).__name__}'s forward takes no attention_mask, "
+                "so padding (in the prompts, or after a continuation's end) cannot be left out; "
+                "explain prompts of one length, without padding"
+            )
 
     def logits_of(self, ctx) -> torch.Tensor:
-        """The context's logits, the layer's width seen on the way, and a causality check."""
-        seen = {}
-
-        def hook(_m, _a, out):
-            first = out[0] if isinstance(out, tuple | list) else out
-            if isinstance(first, torch.Tensor):
-                seen.setdefault("shape", tuple(first.shape))
-
-        handle = None
-        if hasattr(self.layer, "register_forward_hook"):
-            handle = self.layer.register_forward_hook(hook)
-        try:
-            logits = self.logits(ctx.ids, ctx.mask)
-        finally:
-            if handle is not None:
-                handle.remove()
-        if "shape" not in seen:
+        """The context's logits, a causality check, and the layer's width."""
+        logits = self.logits(ctx.ids, ctx.mask)
+        context_.causal_check(self.model, ctx, self.logits, logits[:1])
+        kwargs = {"attention_mask": ctx.mask[:1]}
+        if self.positions:
+            kwargs["position_ids"] = ctx.positions()[:1]
+        shape = layer_output(self.wrapped, ctx.ids[:1], self.layer, output=_flat, **kwargs).shape
+        if len(shape) != 3:
             raise ValueError(
-                f"layer: {self.layer_name} did not run during the model's forward pass; pick a "
-                "module that the forward pass calls"
-            )
-        self.width = seen["shape"][-1] if len(seen["shape"]) == 3 else 0
-        if len(seen["shape"]) != 3:
-            raise ValueError(
-                f"layer: {self.layer_name}'s output has shape {seen['shape']}; expected one "
+                f"layer: {self.layer_name}'s output has shape {tuple(shape)}; expected one "
                 "vector per token, [B, T, E]"
             )
-        context_.causal_check(self.model, ctx, self.logits, logits[:1])
+        self.width = shape[-1]
         return logits
 
     def arguments(self, ctx, steps: slice, length: int, alternatives, dtype) -> dict:
@@ -496,10 +503,9 @@ class _Seq2Seq:
             decoder_attention_mask=ctx.mask[:1],
             use_cache=False,
         )
-        with torch.no_grad():
-            want = self.model(
-                input_ids=ctx.source_ids[:1], decoder_input_ids=ctx.ids[:1], **kwargs
-            ).logits
+        # Guarded: a random model is refused here, with its true cause.
+        with_ids = {**kwargs, "decoder_input_ids": ctx.ids[:1]}
+        want = _logits(_Seq2SeqIds(self.model), ctx.source_ids[:1], with_ids)
         candidates = [1.0]
         for part in (self.encoder, self.decoder):
             s = getattr(part, "embed_scale", None)
@@ -509,9 +515,9 @@ class _Seq2Seq:
             src = self._embed(self.encoder, ctx.source_ids, scale)
             dec = self._embed(self.decoder, ctx.ids, scale)
             with torch.no_grad():
-                got = self.model(
-                    inputs_embeds=src[:1], decoder_inputs_embeds=dec[:1], **kwargs
-                ).logits
+                got = scores_of(
+                    self.model(inputs_embeds=src[:1], decoder_inputs_embeds=dec[:1], **kwargs)
+                )
             if torch.allclose(got, want, rtol=1e-4, atol=1e-5):
                 self.scale, self.src, self.dec = scale, src, dec
                 self.width = src.shape[-1]
@@ -524,14 +530,8 @@ class _Seq2Seq:
         )
 
     def logits_of(self, ctx) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(
-                inputs_embeds=self.src,
-                attention_mask=ctx.source_mask,
-                decoder_inputs_embeds=self.dec,
-                decoder_attention_mask=ctx.mask,
-                use_cache=False,
-            ).logits
+        kwargs = {"attention_mask": ctx.source_mask, "decoder_attention_mask": ctx.mask}
+        return _logits(self.wrapped, torch.cat([self.src, self.dec], 1), kwargs)
 
     def arguments(self, ctx, steps: slice, length: int, alternatives, dtype) -> dict:
         kw = {
@@ -574,3 +574,13 @@ class _Seq2Seq:
                 )
             parts.append(self._embed(part, b, self.scale))
         return torch.cat([parts[0], parts[1][:, :length]], 1)
+
+
+class _Seq2SeqIds:
+    """An encoder-decoder called on source ids (decoder ids as a forward argument)."""
+
+    def __init__(self, model: Callable) -> None:
+        self.model = model
+
+    def __call__(self, input_ids: torch.Tensor, **kwargs: object) -> object:
+        return self.model(input_ids=input_ids, **kwargs)

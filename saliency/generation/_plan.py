@@ -47,16 +47,16 @@ def chunks(ctx, method: str, options: dict, budget: int | None, width: int,
     def length(s0: int, s1: int) -> int:
         return ctx.length if whole else int(last[s0:s1].max()) + 1
 
-    mean = int(last.float().mean()) + 1
-    c = steps_per_chunk(mean, t)
+    def fits(s0: int, s1: int) -> bool:
+        n = ctx.batch * (s1 - s0) * (source + length(s0, s1)) * width * itemsize * copies
+        return n <= cap
+
+    c = steps_per_chunk(int(last.float().mean()) + 1, t)
     out, s0 = [], 0
     while s0 < t:
         s1 = min(s0 + c, t)
-        while s1 - s0 > 1:
-            n = ctx.batch * (s1 - s0) * (source + length(s0, s1)) * width * itemsize * copies
-            if n <= cap:
-                break
-            s1 = s0 + max(1, (s1 - s0) // 2)
+        while s1 - s0 > 1 and not fits(s0, s1):  # one step at least: the engine says if not
+            s1 -= 1
         out.append((s0, s1, length(s0, s1)))
         s0 = s1
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .._atomic import atomic_write
@@ -235,8 +235,10 @@ class GenerationAttribution:
                 tokens=json.loads(meta.get("tokens", "null")),
                 source_tokens=json.loads(meta.get("source_tokens", "null")),
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"path: {os.fspath(path)!r} is a damaged file ({e!r})") from e
+        except (KeyError, TypeError, json.JSONDecodeError, SafetensorError) as e:
+            raise ValueError(
+                f"path: {os.fspath(path)!r} is not a readable GenerationAttribution file ({e})"
+            ) from e
 
     # -- display ---------------------------------------------------------------------------
     def _repr_html_(self) -> str:

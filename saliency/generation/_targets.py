@@ -134,8 +134,11 @@ class Forced:
     predict this pass's steps, which saves its cost in the forward and in every backward pass.
     """
 
-    def __init__(self, model: Callable, *, positions: bool, keep: bool, no_cache: bool) -> None:
-        self.model, self.positions, self.keep, self.no_cache = model, positions, keep, no_cache
+    def __init__(
+        self, model: Callable, *, masked: bool, positions: bool, keep: bool, no_cache: bool
+    ) -> None:
+        self.model, self.masked, self.positions = model, masked, positions
+        self.keep, self.no_cache = keep, no_cache
 
     def __call__(
         self,
@@ -147,7 +150,7 @@ class Forced:
         step_alternatives: torch.Tensor | None = None,
         step_weights: torch.Tensor | None = None,
     ) -> object:
-        kwargs: dict = {"attention_mask": attention_mask}
+        kwargs: dict = {"attention_mask": attention_mask} if self.masked else {}
         if self.positions and position_ids is not None:
             kwargs["position_ids"] = position_ids
         if self.keep and step_positions is not None:
