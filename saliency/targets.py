@@ -168,7 +168,33 @@ def resolve(classes: Classes, out: torch.Tensor) -> Rows:
         return Rows(a, b)
     if is_per_sample(classes):
         return Rows(_per_sample(classes, n, c, device), None)
-    return Rows(_shared(_as_id_tuple(classes, "classes"), n, c, device), None)
+    ids = _as_id_tuple(classes, "classes")
+    _refuse_labels(classes, ids, n)
+    return Rows(_shared(ids, n, c, device), None)
+
+
+def _refuse_labels(classes: object, ids: tuple[int, ...], n: int) -> None:
+    """A shared class list that is really per-sample labels (Captum's ``target=y``) is refused:
+    it would explain every label for every sample."""
+    spelling = (
+        "For each sample's own class (Captum's target=y), pass a [B, 1] tensor: "
+        "torch.as_tensor(y).unsqueeze(1)"
+    )
+    if len(set(ids)) < len(ids):
+        raise ValueError(
+            f"classes: {_few(list(ids))} repeats class ids, but a list of classes is shared by "
+            f"every sample (each class once).{' ' + spelling if len(ids) == n else ''}"
+        )
+    if n > 1 and len(ids) == n and isinstance(classes, torch.Tensor | np.ndarray):
+        raise ValueError(
+            f"classes: a 1-D tensor as long as the batch (B = {n}) looks like per-sample labels, "
+            f"but a 1-D tensor is a list of classes shared by every sample. {spelling}; for the "
+            "same classes for every sample, pass a list (ids.tolist())"
+        )
+
+
+def _few(items: list, n: int = 8) -> str:
+    return str(items) if len(items) <= n else "[" + ", ".join(map(str, items[:n])) + ", ...]"
 
 
 def _shared(ids: tuple[int, ...], n: int, c: int, device: torch.device) -> torch.Tensor:

@@ -172,7 +172,10 @@ def test_a_callable_output_must_be_passed_again():
             lambda m, x: saliency.gradients(m, x, classes=[0, 1]),
             "every one of the model's 4 classes",
         ),
-        (lambda m, x: saliency.gradients(m, x, classes=[0, 0, 1, 2]), "every one of the model's 4"),
+        (
+            lambda m, x: saliency.gradients(m, x, classes=torch.tensor([[0, 0, 1, 2]] * len(x))),
+            "every one of the model's 4",
+        ),
         (
             lambda m, x: saliency.gradients(m, x, saliency.contrast([0, 1, 2, 3], [1, 2, 3, 0])),
             "not of contrasts",

@@ -10,7 +10,7 @@ from torch import nn
 import saliency
 from saliency.engine import evaluate, forget_strategy_choices, layer_output
 
-STRATEGIES = ["loop", "vmap", "replicate", "forward", "head", "auto"]
+STRATEGIES = [*saliency.engine.STRATEGIES, "auto"]  # every strategy by its record
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +161,17 @@ def test_guards_apply_at_a_layer():
     with pytest.raises(ValueError, match="BatchNorm"):
         saliency.class_jacobian(model, torch.randn(3, 4), layer=model[0])
     assert torch.equal(model[1].running_mean, before)
+
+
+def test_a_layer_inside_torchscript_is_refused_clearly():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    scripted = torch.jit.script(plain)
+    x = torch.randn(2, 4)
+    for layer in ("1", scripted):  # a scripted submodule by name, or the scripted model itself
+        with pytest.raises(ValueError, match="TorchScript module"):
+            saliency.gradients(scripted, x, layer=layer)
+    # Indexing a scripted Sequential gives back the Python module, which never runs.
+    with pytest.raises(ValueError, match=r"did not run .*TorchScript"):
+        saliency.gradients(scripted, x, layer=scripted[1])
+    assert saliency.gradients(plain, x, layer=plain[1]).values.shape == (2, 3, 5)

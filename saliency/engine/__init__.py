@@ -13,7 +13,7 @@ from .jacobian import (
     layer_output,
     outputs,
 )
-from .problem import Shared, read_scores, scores_of
+from .problem import Shared, is_per_sample, read_scores, sample_rows, scores_of
 from .strategies import STRATEGIES
 
 __all__ = [
@@ -25,11 +25,13 @@ __all__ = [
     "class_jacobian",
     "evaluate",
     "forget_strategy_choices",
+    "is_per_sample",
     "iter_class_jacobian",
     "layer_name",
     "layer_output",
     "outputs",
     "parse_memory",
     "read_scores",
+    "sample_rows",
     "scores_of",
 ]

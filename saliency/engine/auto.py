@@ -11,11 +11,11 @@ steps, both reading the strategies' records (:mod:`.strategies`):
    ``vmap``'s batched backward, so it only races when ``vmap`` cannot run.
 2. **A race on the real work.** Otherwise the "base" strategy (``loop``) and the "batched" one
    (``vmap``), each differentiating a shared forward pass, split the first targets of the first
-   row chunk between them: the base computes one target, the batched one a few, and, when that is
-   promising, a few more (with at most 13 targets, the two batched widths use up all of them, so
-   the race costs no extra pass; with more, they are 2 and 4). Every block they compute is part
-   of the result, so the race wastes nothing; the winner computes the rest. The batched
-   strategy's time per target at its full width is extrapolated from its two widths.
+   row chunk between them: the base computes two targets, the batched one two, and, when that is
+   promising, four more. The winner's blocks are part of the result; the winner computes the rest,
+   and the loser's few targets again: strategies agree only to rounding, and a call's bits must
+   not depend on whether it was the first. The batched strategy's time per target at its full
+   width is extrapolated from its two widths.
 
 With fewer than four targets there is nothing worth racing: the base strategy on a CPU, the
 batched one elsewhere.
@@ -33,7 +33,6 @@ __all__ = ["Race", "cached", "forget", "remember"]
 
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HOPELESS = 1.5  # batched, per target at its first width, this much slower: no wider trial
-_SMALL = 13  # up to this many targets, the race's widths cover all of them
 _BASE_TARGETS = 2  # one pass each for the base strategy; the faster one counts
 _QUICK = 0.005  # seconds: a call estimated below this is not raced
 
@@ -86,10 +85,10 @@ class Race:
         self.times: dict[tuple[str, int], list[float]] = {}
         self.winner: str | None = None
         # The base strategy runs two targets (one pass each: the faster counts); the batched one
-        # two widths. With few targets the widths use up the rest, so the race costs no extra
-        # pass; with many, they are small and the winner does most of the work.
+        # two small widths. The loser's targets are computed again by the winner, so they stay
+        # few whatever K.
         rest = k - _BASE_TARGETS
-        widths = (max(2, rest // 3), rest - max(2, rest // 3)) if k <= _SMALL else (2, 4)
+        widths = (2, min(4, rest - 2))
         cap = full_width(batched[0]) if batched else 2  # never wider than max_memory allows
         self.widths = (min(widths[0], cap), min(widths[1], cap))
 

@@ -10,13 +10,15 @@ computed.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .guards import GuardError, Watch, watch
+from . import draws
+from .guards import GuardError, Watch, names_of, watch
 from .problem import Problem, check_finite
 
 __all__ = ["HeadCall", "Pass", "run"]
@@ -32,8 +34,11 @@ class HeadCall:
     out: torch.Tensor | None = None
     h_version: int = 0
     out_version: int = 0
+    thread: int = 0  # the engine's thread: the head's calls in other threads are not this pass's
 
     def record(self, _m: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
         self.calls += 1
         h = args[0] if args else kwargs.get("input")
         self.h, self.out = h, out
@@ -96,23 +101,34 @@ def run(
     head: nn.Linear | None = None,
     leaf: bool = True,
     guard: bool = True,
+    draws_seen: bool = False,
 ) -> Pass:
     """Run the model on ``x`` (inputs of ``rows``, ``repeats`` point-major copies), guarded.
 
     With a layer, its output is replaced by ``value`` when given, else by a leaf copy of itself
     that requires grad (or, with ``leaf=False``, by the output as computed, kept in the graph).
     ``guard=False`` leaves the guards out (for a model whose verdict is known, see the engine).
+    A pass that moves the default random generators is refused if the model drew from them,
+    unless ``draws_seen`` (the caller watches random operators itself) or randomness is allowed.
     """
     kwargs = p.kwargs_for(rows, repeats)
     n = x.shape[0]
     hooks = []
     layer_box: dict = {}
-    head_call = HeadCall(head) if head is not None else None
+    me = threading.get_ident()  # hooks on the caller's modules act in this thread only
+    head_call = HeadCall(head, thread=me) if head is not None else None
+    check = not (p.allow_random or draws_seen or draws.transformed())
+    before = draws.state(x.device) if check else None
     try:
         if p.layer is not None:
             hooks.append(
                 p.layer.register_forward_hook(
-                    lambda m, a, o: _substitute(layer_box, o, value, leaf, p), prepend=False
+                    lambda m, a, o: (
+                        _substitute(layer_box, o, value, leaf, p)
+                        if threading.get_ident() == me
+                        else None
+                    ),
+                    prepend=False,
                 )
             )
         if head_call is not None:
@@ -127,10 +143,21 @@ def run(
     finally:
         for h in hooks:
             h.remove()
+    if before is not None and draws.moved(before, x.device):
+        _refuse_draws(p, x, kwargs, before)
     if p.layer is not None:
         if layer_box.get("calls", 0) == 0:
+            scripted = any(
+                isinstance(m, torch.jit.ScriptModule) for root in p.owners for m in root.modules()
+            )
+            why = (
+                " (the model runs TorchScript, whose modules no Python hook sees: explain the "
+                "Python model, before torch.jit.script)"
+                if scripted
+                else ""
+            )
             raise ValueError(
-                f"layer: {p.layer_name} did not run during the model's forward pass; pick a "
+                f"layer: {p.layer_name} did not run during the model's forward pass{why}; pick a "
                 "module that the forward pass calls"
             )
         if layer_box["calls"] > 1:
@@ -141,6 +168,18 @@ def run(
     scores, pre = p.finish(raw, n, kwargs)
     check_finite(scores, rows, repeats)
     return Pass(scores, pre, layer_box.get("value"), head_call, w)
+
+
+def _refuse_draws(p: Problem, x: torch.Tensor, kwargs: dict, before: tuple) -> None:
+    """A default generator moved during the pass: if the model drew (seen by running the pass
+    again under :class:`~.draws.Draws`), put the generators back and refuse it; if another
+    thread did, carry on."""
+    with draws.Draws() as seen, torch.no_grad(), watch(True, p.owners):
+        p.model(x.detach(), **kwargs)
+    if seen.found:
+        draws.restore(before, x.device)
+        names = names_of(p.owners)
+        raise GuardError(draws.message(seen.found, lambda m: names.get(id(m)) or type(m).__name__))
 
 
 def _substitute(box: dict, out: object, value: torch.Tensor | None, leaf: bool, p: Problem):

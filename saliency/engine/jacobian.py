@@ -82,15 +82,17 @@ def class_jacobian(
         The batch, never modified. Floating, of rank >= 2 (``[B, D]``, ``[B, C, H, W]``,
         ``[B, T, E]``, ...); with ``layer``, any tensor the model takes (token ids included).
     classes
-        ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples, a
+        ``None`` (all ``C``), an int, a list or 1-D tensor of ids shared by all samples (each
+        once; a 1-D tensor as long as the batch is refused as Captum-style labels), a
         ``[B, K]`` long tensor of per-sample ids, :func:`saliency.top_k` or
         :func:`saliency.contrast`.
     output
         ``"logits"`` (the scores as returned), ``"softmax"``, ``"log_softmax"``, or a callable
         applied to the model's raw output (an output object included) that returns ``[B, C]``.
     strategy
-        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or
-        ``"loop"``, ``"vmap"``, ``"replicate"``, ``"forward"``, ``"head"``.
+        ``"auto"`` (decide once per model and situation, on the real work, then reuse), or the
+        name of a strategy of ``saliency.engine.STRATEGIES`` (``"loop"``, ``"vmap"``, ...; the
+        engine page describes each).
     max_memory
         Peak extra memory allowed, result included: bytes or a string like ``"512MB"``. Rows and
         classes are chunked to fit; a ``MemoryError`` is raised before any work if nothing fits.
@@ -450,7 +452,7 @@ class _Engine:
         if p.strategy != "auto":
             reason = self._refusal(STRATEGIES[p.strategy])
             if reason:
-                raise ValueError(f"strategy: {reason}; use 'loop', 'vmap' or 'auto'")
+                raise ValueError(f"strategy: {reason}; use {_others(p.strategy)} or 'auto'")
             return p.strategy
         self._key = None
         if self.ident is not None:
@@ -604,7 +606,7 @@ class _Engine:
             if self.p.strategy == name:
                 raise ValueError(
                     f"strategy={name!r} is not exact for this model: {self.head_reason}; use "
-                    "'loop', 'vmap' or 'auto' (auto falls back by itself)"
+                    f"{_others(name)} or 'auto' (auto falls back by itself)"
                 )
             return self._block(self.base, chunk, cols)
         try:
@@ -622,6 +624,9 @@ class _Engine:
             raise _explained(error, name, self.p) from error
         if not self.p.create_graph:
             block = block.detach()
+        # One layout whatever the strategy (vmap's blocks are transposed views): a reduction
+        # over the result then adds in the same order, so the bits do not depend on the chunks.
+        block = block.contiguous()
         _check_gradients(block, cols, self.p)
         return block
 
@@ -648,11 +653,18 @@ class _Engine:
                 race.failed(name)  # e.g. an operator without a batching rule
                 continue
             race.record(name, width, seconds)
-            self.raced.append(block)
+            self.raced.append((name, cols, block))
             done += width
         self.strategy = self._remember(race.winner)
         self.plan = self._plan(self.strategy)
         self.race = None
+        # Strategies agree only to rounding: the loser's blocks are computed again by the winner,
+        # so that a call's bits do not depend on whether it was the first (the loser timed at
+        # most a few targets).
+        self.raced = [
+            block if name == self.strategy else self._block(self.strategy, chunk, cols)
+            for name, cols, block in self.raced
+        ]
         self.first_chunk = chunk  # every strategy but head can go on from its forward pass
         return first, done
 
@@ -733,6 +745,13 @@ class _Engine:
                 parts.append(self._block(self.strategy, chunk, c))
                 ids.append(chunk.rows.ids[:, c])
             yield JacobianChunk(torch.cat(ids), torch.cat(parts))
+
+
+def _others(name: str) -> str:
+    """The strategies to suggest instead of ``name``: those that serve every model (the base and
+    the batched ones, by their records)."""
+    fits = [s.name for s in STRATEGIES.values() if s.role in ("base", "batched") and s.name != name]
+    return ", ".join(repr(n) for n in fits)
 
 
 def _cover(start: int, end: int, step: int) -> list[slice]:

@@ -1,14 +1,16 @@
 """What the engine learns about a model from two tiny forward passes, cached per model and state.
 
-The probe runs the model on the first sample, guarded, under saved-tensor hooks. It measures the
-bytes one sample's forward pass saves for the backward pass (planning needs them before any real
-chunk runs), the number of outputs, the shape of the differentiated tensor (the input, or a
-layer's output), and which ``nn.Linear`` produced the scores (the ``head`` strategy's candidate).
-One more pass, without a graph, compares the first sample's scores alone and inside a pair,
-drawing other random numbers: a sample whose scores change with its batch (coupling) or with the
-random numbers (randomness) would make per-sample gradients meaningless, so both are refused here
-(when the scores differ, a pass with the first pass's random numbers tells which). Whether the
-scores depend on what is differentiated at all is read off the graph, without a backward pass.
+The probe runs the model on the first sample, guarded, under saved-tensor hooks and with every
+random operator watched (:mod:`.draws`: a model that draws random numbers is refused, naming the
+module). It measures the bytes one sample's forward pass saves for the backward pass (planning
+needs them before any real chunk runs), the number of outputs, the shape of the differentiated
+tensor (the input, or a layer's output), and which ``nn.Linear`` produced the scores (the ``head``
+strategy's candidate). One more pass, without a graph, compares the first sample's scores alone
+and inside a pair: a sample whose scores change with its batch (coupling) would make per-sample
+gradients meaningless, so it is refused here. When the scores differ, the sample alone once more
+tells coupling from randomness drawn outside torch (NumPy's, say), which no operator shows.
+Whether the scores depend on what is differentiated at all is read off the graph, without a
+backward pass.
 
 The cache is keyed on the modules behind the callable (see :mod:`.identity`), the shapes, dtypes
 and devices, the output, the layer, and the state of every module (object and train/eval
@@ -19,6 +21,8 @@ number of outputs is checked on every real forward pass.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +34,7 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import draws
 from .forward import GuardError, Pass, refuse_unconnected, run
 from .identity import key_of
 from .problem import Problem, Shared
@@ -192,23 +197,26 @@ def _measure(p: Problem) -> Probe:
     with _fresh_draws(p.x.device):  # the caller's random state is left as it was
         state = _rng_state(p.x.device)
         with _failures_explained(p):
-            one, act, calls, leaf = _pass(p, 1, exclude)
+            one, act, calls, leaf, drawn = _pass(p, 1, exclude)
         # What the scores are made of first: a model refused for that needs no comparison.
         refuse_unconnected(one.scores, p)
         _refuse_unused(one.scores, leaf, p)
+        if drawn:
+            raise GuardError(draws.message(drawn, one.watch.name))
         with _failures_explained(p):
             if p.allow_random:  # the same random numbers: a difference can only be coupling
                 _set_rng_state(p.x.device, state)
             two = _look(p, min(2, p.batch))
             if _differs(one.scores, two.scores[:1]) is not None:
-                if p.allow_random:
-                    _refuse_coupled(one, two)
-                # Other random numbers and another batch at once, so one pass usually settles
-                # both questions; when it does not, the same numbers tell which it was.
+                # Random operators of torch were refused above (or are allowed), so the sample
+                # alone again, with the same random numbers, tells coupling from randomness
+                # drawn outside torch (NumPy, Python's random).
                 _set_rng_state(p.x.device, state)
-                same = _look(p, min(2, p.batch))
-                _refuse_coupled(one, same)
-                _refuse_random(one, two)
+                alone = _look(p, 1)
+                if _differs(one.scores, alone.scores) is None:
+                    _refuse_coupled(one, two)
+                elif not p.allow_random:
+                    _refuse_random(one, alone)
     head, width = None, 0
     lin = _head_of(one, calls, builtin=p.transform is not None)
     if lin is not None:
@@ -227,7 +235,7 @@ def _measure(p: Problem) -> Probe:
     )
 
 
-def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch.Tensor]:
+def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch.Tensor, list]:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -242,14 +250,19 @@ def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch
     if p.layer is None:
         xs.requires_grad_()
     value = None if p.layer_value is None else p.layer_value[:n].detach().requires_grad_()
+    # Random operators are watched on this pass (a private generator's draws included); every
+    # later pass only checks that the default generators did not move.
+    drawn = contextlib.nullcontext() if p.allow_random else draws.Draws()
     with (
         torch.enable_grad(),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
         linears,
+        drawn,
     ):
-        result = run(p, xs, slice(0, n), value=value)
+        result = run(p, xs, slice(0, n), value=value, draws_seen=True)
     leaf = xs if p.layer is None else result.value
-    return result, sum(seen.values()), linears.calls, leaf
+    found = [] if p.allow_random else drawn.found
+    return result, sum(seen.values()), linears.calls, leaf, found
 
 
 def _look(p: Problem, n: int) -> Pass:
@@ -268,8 +281,10 @@ class _Linears:
     def __enter__(self) -> _Linears:
         from torch.nn.modules.module import register_module_forward_hook
 
+        mine = threading.get_ident()  # another thread's Linear calls are not this pass's
+
         def hook(m: nn.Module, _args: object, out: object) -> None:
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and threading.get_ident() == mine:
                 self.calls.append((m, out))
 
         self._handle = register_module_forward_hook(hook)
@@ -296,9 +311,10 @@ def _refuse_coupled(one: Pass, two: Pass) -> None:
     if gap is not None:
         raise GuardError(
             f"model: a sample's output changes with the other samples in its batch (largest "
-            f"difference {gap:.3g} between the sample alone and in a batch of two, with the same "
-            "random numbers), so per-sample Jacobian rows would mix samples. Batch statistics "
-            "(BatchNorm in training mode, or computed by hand) do this; call model.eval() first."
+            f"difference {gap:.3g} between the sample alone and in a batch of two, while alone it "
+            "gives the same output twice), so per-sample Jacobian rows would mix samples. Batch "
+            "statistics (BatchNorm in training mode, or computed by hand) do this; call "
+            "model.eval() first."
         )
 
 
@@ -312,7 +328,9 @@ def _refuse_random(one: Pass, again: Pass) -> None:
         listed = f" Modules in training mode that ran: {', '.join(dict.fromkeys(names[:6]))}."
     raise GuardError(
         f"model: two forward passes on the same sample gave different outputs (largest "
-        f"difference {gap:.3g}): the model is random, so its gradients would be too.{listed} "
+        f"difference {gap:.3g}): the model is random, so its gradients would be too (random "
+        f"numbers from outside torch, such as NumPy's or Python's, which the engine cannot "
+        f"watch).{listed} "
         "Call model.eval() first, or pass allow_random=True to explain one random draw per "
         "forward pass."
     )

@@ -14,7 +14,16 @@ from .. import targets
 from .budget import parse_memory
 from .identity import owners
 
-__all__ = ["Problem", "Shared", "call_output", "make_problem", "read_scores", "scores_of"]
+__all__ = [
+    "Problem",
+    "Shared",
+    "call_output",
+    "is_per_sample",
+    "make_problem",
+    "read_scores",
+    "sample_rows",
+    "scores_of",
+]
 
 OUTPUTS = ("logits", "softmax", "log_softmax")
 
@@ -83,17 +92,41 @@ class Problem:
 
     def kwargs_for(self, rows: slice, repeats: int = 1) -> dict:
         """Forward kwargs for ``repeats`` point-major copies of ``rows``."""
-        return {k: self._rows(v, rows, repeats) for k, v in self.kwargs.items()}
+        return {k: sample_rows(v, self.batch, rows, repeats) for k, v in self.kwargs.items()}
 
-    def _rows(self, value: object, rows: slice, repeats: int) -> object:
-        # Per-sample tensors (first dimension B) follow the rows; everything else passes through.
-        if isinstance(value, Shared):
-            return value.value
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == self.batch:
-            value = value[rows]
-            if repeats > 1:
-                value = value.repeat(repeats, *([1] * (value.ndim - 1)))
-        return value
+
+def is_per_sample(value: object, batch: int) -> bool:
+    """Whether a forward argument holds one entry per sample: a tensor whose first dimension is
+    the batch size (not wrapped in :class:`Shared`)."""
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch
+
+
+def sample_rows(
+    value: object, batch: int, samples: slice | torch.Tensor, repeats: int = 1
+) -> object:
+    """A forward argument for ``repeats`` point-major copies of ``samples`` of a ``batch``.
+
+    The one rule for every per-sample argument (attention masks, token type ids, ...), wherever a
+    batch is chunked, noised or put on a path: a per-sample tensor is sliced to ``samples`` and
+    repeated; a :class:`Shared` value is unwrapped; anything else passes through.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saliency.engine import Shared, sample_rows
+    >>> mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    >>> sample_rows(mask, 3, slice(1, 2), repeats=2).tolist()
+    [[1, 0], [1, 0]]
+    >>> sample_rows(Shared(mask), 3, slice(1, 2)).shape  # the same for every sample
+    torch.Size([3, 2])
+    """
+    if isinstance(value, Shared):
+        return value.value
+    if is_per_sample(value, batch):
+        value = value[samples]
+        if repeats > 1:
+            value = value.repeat(repeats, *([1] * (value.ndim - 1)))
+    return value
 
 
 def make_problem(
@@ -152,6 +185,17 @@ def make_problem(
 
 
 def _layer(layer: nn.Module | str | None, found: tuple[nn.Module, ...]):
+    module, name = _find_layer(layer, found)
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError(
+            f"layer: {name} is a TorchScript module, whose output no Python hook can replace; "
+            "explain the Python model (before torch.jit.script), or pick a Python module of the "
+            "model"
+        )
+    return module, name
+
+
+def _find_layer(layer: nn.Module | str | None, found: tuple[nn.Module, ...]):
     if layer is None:
         return None, None
     if isinstance(layer, nn.Module):

@@ -15,7 +15,7 @@ hold; the planner, the budget and ``auto`` read these records, and nothing else 
 
 from __future__ import annotations
 
-import warnings
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,13 +133,30 @@ def vmap(c: Chunk, cols: slice) -> torch.Tensor:
     return g.transpose(0, 1)
 
 
+_QUIET = {"depth": 0}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextmanager
 def quiet_fallbacks() -> Iterator[None]:
     """PyTorch warns when an operator has no batching rule; that is auto's business while it
-    times the strategies on the real work (and forward mode's, which always vmaps)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There is a performance drop because we have")
+    times the strategies on the real work (and forward mode's, which always vmaps).
+
+    PyTorch's own switch for that one warning is used, not ``warnings.catch_warnings``, which
+    replaces the filters of every thread and loses those another thread adds meanwhile. It is
+    off while any engine call in any thread needs it off.
+    """
+    with _QUIET_LOCK:
+        _QUIET["depth"] += 1
+        if _QUIET["depth"] == 1:
+            torch._C._functorch._set_vmap_fallback_warning_enabled(False)
+    try:
         yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                torch._C._functorch._set_vmap_fallback_warning_enabled(True)
 
 
 def _vmap_bytes(s: Sizes, r: int, k: int) -> float:

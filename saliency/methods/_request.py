@@ -18,7 +18,16 @@ from torch import nn
 from .. import targets
 from .._random import generator
 from ..attribution import Attribution
-from ..engine import Shared, evaluate, layer_name, layer_output, outputs, parse_memory
+from ..engine import (
+    Shared,
+    evaluate,
+    is_per_sample,
+    layer_name,
+    layer_output,
+    outputs,
+    parse_memory,
+    sample_rows,
+)
 
 __all__ = ["Request", "describe", "generator"]
 
@@ -103,12 +112,11 @@ class Request:
         (first dimension ``B``) are sliced and repeated, everything else passes through."""
         out = {}
         for name, value in self.kw.items():
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == self.batch:
-                value = value[samples].repeat(repeats, *([1] * (value.ndim - 1)))
-            elif isinstance(value, torch.Tensor):
+            if not is_per_sample(value, self.batch) and isinstance(value, torch.Tensor):
                 # Shared at the caller's B; the engine sees more rows, so say so explicitly.
-                value = Shared(value)
-            out[name] = value
+                out[name] = Shared(value)
+            else:
+                out[name] = sample_rows(value, self.batch, samples, repeats)
         return out
 
     def inputs(self, samples: slice, repeats: int) -> torch.Tensor:
