@@ -240,7 +240,27 @@ class GenerationAttribution:
                 f"path: {os.fspath(path)!r} is not a readable GenerationAttribution file ({e})"
             ) from e
 
-    # -- display ---------------------------------------------------------------------------
+    # -- pictures --------------------------------------------------------------------------
+    def image(self, sample: int = 0, **options: object):
+        """The heat map of one sample as a PIL image: :func:`saliency.viz.generation.
+        generation_image` (``options`` go there)."""
+        from ..viz.generation import generation_image
+
+        return generation_image(self, sample, **options)
+
+    def plot(self, sample: int = 0, **options: object):
+        """A matplotlib figure of one sample: :func:`saliency.viz.generation.plot_generation`."""
+        from ..viz.generation import plot_generation
+
+        return plot_generation(self, sample, **options)
+
+    def html(self, path: str | os.PathLike | None = None, **options: object) -> str:
+        """The hover view as a whole HTML page (written to ``path`` when given):
+        :func:`saliency.viz.generation.html_page`."""
+        from ..viz.generation import html_page
+
+        return html_page(self, path, **options)
+
     def _repr_html_(self) -> str:
         """In a notebook: hover a generated token to light up the context it came from."""
         from ..viz.generation import html_view
