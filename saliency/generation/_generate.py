@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -45,24 +46,18 @@ def left_aligned(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
 def _huggingface(model, kind, ids, mask, max_new_tokens, eos) -> torch.Tensor:
     if kind == "decoder":
         ids, mask = left_aligned(ids, mask)
-    config = model.generation_config
+    # A copy of the model's settings, greedy, stopping exactly at ``eos`` (none: never).
+    config = copy.deepcopy(model.generation_config)
     pad = config.pad_token_id
     if pad is None:
         pad = min(eos) if eos else 0
+    config.update(
+        max_new_tokens=max_new_tokens, min_new_tokens=0, max_length=None, do_sample=False,
+        num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) if eos else None,
+        temperature=None, top_p=None, top_k=None,
+    )  # fmt: skip
     with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=0,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=pad,
-            eos_token_id=sorted(eos) if eos else None,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     if not isinstance(out, torch.Tensor):
         out = out.sequences
     return out[:, ids.shape[1] :] if kind == "decoder" else out[:, 1:]
