@@ -49,6 +49,11 @@ class Attribution:
     delta : torch.Tensor or None
         ``[B, K]`` completeness gap ``sum(values) - (F(x) - F(baseline))`` of Integrated
         Gradients, else ``None``.
+    negatives : torch.Tensor
+        ``[B, K]`` long: the class subtracted in every row, ``-1`` where none: row ``k`` of
+        sample ``b`` explains ``out[b, classes[b, k]] - out[b, negatives[b, k]]`` (a contrast,
+        :func:`saliency.contrast`), or ``out[b, classes[b, k]]`` alone. Given as ``None``, every
+        row is plain.
 
     Examples
     --------
@@ -61,6 +66,9 @@ class Attribution:
     True
     >>> torch.allclose(a.contrast(0, 1), (model.weight[0] - model.weight[1]).expand(2, 4))
     True
+    >>> b = saliency.gradients(model, torch.randn(2, 4), saliency.contrast([0], [2]))
+    >>> b.classes.tolist(), b.negatives.tolist()
+    ([[0], [0]], [[2], [2]])
     """
 
     values: torch.Tensor
@@ -69,6 +77,7 @@ class Attribution:
     method: str
     params: dict = field(default_factory=dict)
     delta: torch.Tensor | None = None
+    negatives: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         v, c, o = self.values, self.classes, self.outputs
@@ -99,6 +108,38 @@ class Attribution:
             raise TypeError(f"params: must be JSON-serialisable, got {self.params!r} ({e})") from e
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "classes", c.to(torch.long).contiguous())
+        object.__setattr__(self, "negatives", self._checked_negatives())
+
+    def _checked_negatives(self) -> torch.Tensor:
+        c, n = self.classes, self.negatives
+        if n is None:
+            return torch.full_like(c, -1)
+        if (
+            not isinstance(n, torch.Tensor)
+            or tuple(n.shape) != tuple(c.shape)
+            or n.is_floating_point()
+            or n.dtype == torch.bool
+        ):
+            got = f"{n.dtype} {list(n.shape)}" if isinstance(n, torch.Tensor) else type(n).__name__
+            raise ValueError(
+                f"negatives: expected integer ids of shape {list(c.shape)} (classes' [B, K]), "
+                f"-1 where a row subtracts nothing, or None; got {got}"
+            )
+        n = n.to(device=c.device, dtype=torch.long).contiguous()
+        c_out = self.outputs.shape[1]
+        bad = (n < -1) | (n >= c_out) | (n == c)
+        if bool(bad.any()):
+            b, k = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"negatives: row {k} of sample {b} subtracts class {int(n[b, k])} from class "
+                f"{int(c[b, k])}; expected -1 or another of the {c_out} classes"
+            )
+        return n
+
+    @property
+    def contrasted(self) -> bool:
+        """Whether any row is a contrast (subtracts a class)."""
+        return bool((self.negatives >= 0).any())
 
     # -- picking samples and classes -------------------------------------------------------
     def __len__(self) -> int:
@@ -127,6 +168,9 @@ class Attribution:
             if samples.dtype != torch.bool:
                 samples = samples.long()
         delta = None if self.delta is None else self.delta[samples]
+        negatives = self.negatives[
+            samples.to(self.negatives.device) if isinstance(samples, torch.Tensor) else samples
+        ]
         params = dict(self.params)
         for key in _PER_SAMPLE_PARAMS & params.keys():  # lists with one entry per sample
             params[key] = torch.as_tensor(params[key])[
@@ -139,6 +183,7 @@ class Attribution:
             self.method,
             params,
             delta,
+            negatives,
         )
 
     def select(self, class_id: int) -> torch.Tensor:
@@ -189,7 +234,12 @@ class Attribution:
         half a file.
         """
         path = Path(path)
-        tensors = {"values": self.values, "classes": self.classes, "outputs": self.outputs}
+        tensors = {
+            "values": self.values,
+            "classes": self.classes,
+            "outputs": self.outputs,
+            "negatives": self.negatives,
+        }
         if self.delta is not None:
             tensors["delta"] = self.delta
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -224,13 +274,18 @@ class Attribution:
                     f"(metadata format {meta.get('format')!r}, expected {_FORMAT!r})"
                 )
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        params = json.loads(meta["params"])
+        negatives = tensors.get("negatives")
+        if negatives is None:  # written before Attribution carried them: read from params
+            negatives = _described_negatives(params, tensors["classes"])
         return cls(
             values=tensors["values"],
             classes=tensors["classes"],
             outputs=tensors["outputs"],
             method=meta["method"],
-            params=json.loads(meta["params"]),
+            params=params,
             delta=tensors.get("delta"),
+            negatives=negatives,
         )
 
     # -- display ---------------------------------------------------------------------------
@@ -248,17 +303,39 @@ class Attribution:
         if self.delta is not None:
             delta = f"max |delta| {float(self.delta.abs().max()):.3g}"
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        negatives = f"negatives={self._classes_text(self.negatives)}, " if self.contrasted else ""
         return (
             f"Attribution(method={self.method!r}, values={list(v.shape)} {dtype}, "
-            f"classes={self._classes_text()}, outputs={list(self.outputs.shape)}, "
+            f"classes={self._classes_text()}, {negatives}outputs={list(self.outputs.shape)}, "
             f"delta={delta}, params={{{params}}})"
         )
 
-    def _classes_text(self) -> str:
-        c = self.classes
+    def _classes_text(self, c: torch.Tensor | None = None) -> str:
+        c = self.classes if c is None else c
         if bool((c == c[:1]).all()):
             return f"{_few(c[0].tolist())} for every sample"
         return f"per sample ({list(c.shape)}), first {_few(c[0].tolist())}"
+
+
+def _described_negatives(params: dict, classes: torch.Tensor) -> torch.Tensor | None:
+    """The subtracted classes of a file saved before ``negatives`` was stored: a contrast
+    ``a - b`` is recorded in ``params["classes"]`` as ``{"contrast": [a, b]}``, the same pairs
+    for every sample."""
+    described = params.get("classes")
+    if not (isinstance(described, dict) and "contrast" in described):
+        return None
+    a, b = (torch.as_tensor(ids, dtype=torch.long) for ids in described["contrast"])
+    if a.shape != b.shape or a.shape[0] != classes.shape[1]:
+        raise ValueError(
+            f"params: the contrast {described['contrast']} does not fit classes of shape "
+            f"{list(classes.shape)}"
+        )
+    if not bool((classes == a.to(classes.device)).all()):
+        raise ValueError(
+            f"params: the contrast {described['contrast']} names other classes than the file's "
+            f"classes {_few(classes[0].tolist())}"
+        )
+    return b.to(classes.device).expand_as(classes)
 
 
 def _few(items: list, n: int = 8) -> str:

@@ -157,4 +157,5 @@ def _reduced(
         attribution.method,
         {**attribution.params, **record},
         attribution.delta if keeps_total else None,
+        attribution.negatives,
     )

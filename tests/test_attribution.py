@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 
@@ -207,3 +208,90 @@ def test_selecting_samples_keeps_rows_and_per_sample_params_aligned():
     torch.testing.assert_close(picked.delta, a.delta[[0, 2, 4]])
     with pytest.raises(TypeError, match="samples"):
         a[True]
+
+
+# -- the targets: class ids and the classes contrasts subtract ----------------------------------
+
+
+def _conv():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
+        torch.nn.Linear(3 * 16, 4),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        saliency.gradients,
+        functools.partial(saliency.smoothgrad, n_samples=3, seed=0),
+        functools.partial(saliency.integrated_gradients, steps=4),
+        functools.partial(saliency.gradcam, layer="1"),
+        "captum",
+    ],
+    ids=["gradients", "smoothgrad", "ig", "gradcam", "captum"],
+)
+def test_every_method_records_what_its_contrasts_subtract(method):
+    if method == "captum":
+        from captum.attr import Saliency
+
+        method = functools.partial(saliency.from_captum, Saliency)
+    model, x = _conv(), torch.randn(3, 1, 4, 4)
+    plain = method(model, x, [1, 3])
+    assert plain.negatives.tolist() == [[-1, -1]] * 3 and not plain.contrasted
+    pairs = method(model, x, saliency.contrast([1, 3], [0, 2]))
+    assert pairs.classes.tolist() == [[1, 3]] * 3
+    assert pairs.negatives.tolist() == [[0, 2]] * 3 and pairs.contrasted
+    assert pairs[[2, 0]].negatives.tolist() == [[0, 2]] * 2
+
+
+def test_negatives_are_saved_and_files_without_them_still_load(tmp_path):
+    model, x = _conv(), torch.randn(2, 1, 4, 4)
+    a = saliency.gradients(model, x, saliency.contrast([1, 3], [0, 2]))
+    a.save(tmp_path / "a.safetensors")
+    assert torch.equal(Attribution.load(tmp_path / "a.safetensors").negatives, a.negatives)
+
+    # A file written before negatives were stored: contrasts were described in params only.
+    for name, params, want in [
+        ("old_contrast", a.params, [[0, 2]] * 2),
+        ("old_plain", {"classes": [1, 3]}, [[-1, -1]] * 2),
+    ]:
+        tensors = {"values": a.values, "classes": a.classes, "outputs": a.outputs}
+        meta = {"format": "saliency.Attribution", "version": "1", "method": "gradients",
+                "params": json.dumps(params)}  # fmt: skip
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=meta)
+        old = Attribution.load(tmp_path / f"{name}.safetensors")
+        assert old.negatives.tolist() == want
+
+
+@pytest.mark.parametrize(
+    ("negatives", "match"),
+    [
+        (torch.zeros(3, 5, dtype=torch.long), r"negatives: expected integer ids of shape \[3, 4\]"),
+        (torch.zeros(3, 4), "negatives: expected integer ids"),
+        (torch.full((3, 4), 6), "subtracts class 6 from class 0; expected -1 or another of the 6"),
+        (torch.arange(4).expand(3, 4), "row 0 of sample 0 subtracts class 0 from class 0"),
+    ],
+)
+def test_bad_negatives_are_named(negatives, match):
+    a = make(delta=False)
+    with pytest.raises(ValueError, match=match):
+        Attribution(a.values, a.classes, a.outputs, a.method, a.params, negatives=negatives)
+
+
+def test_metrics_track_the_difference_a_contrast_row_explains_from_the_field():
+    # The metrics read Attribution.negatives, not the params: a contrast whose params say
+    # nothing is still tracked as out[a] - out[b] (the curve's first point is the score at x).
+    model, x = _conv(), torch.randn(3, 1, 4, 4)
+    a = saliency.gradients(model, x, saliency.contrast([1, 3], [0, 2]))
+    bare = Attribution(a.values, a.classes, a.outputs, a.method, {}, negatives=a.negatives)
+    out = model(x).detach()
+    want = torch.stack([out[:, 1] - out[:, 0], out[:, 3] - out[:, 2]], 1)
+    for given in (a, bare):
+        curves = saliency.audit.deletion(model, x, given, steps=4, random_order=False)
+        torch.testing.assert_close(curves.curves[..., 0], want)
+        score = saliency.audit.infidelity(model, x, given, n_perturb=2, seed=0)
+        assert score.infidelity.shape == (3, 2)
+    plain = saliency.audit.deletion(model, x, saliency.gradients(model, x, [1, 3]), steps=4)
+    torch.testing.assert_close(plain.curves[..., 0], out[:, [1, 3]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
@@ -19,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+import saliency
 from saliency import models
 from saliency.cli import main, parse_classes
 
@@ -564,10 +566,133 @@ def test_audit_metrics_and_classes_that_do_not_fit_are_refused_at_the_door(tmp_p
     road = ["audit", "breast_cancer", "breast_cancer", "--out", str(out), "--metrics", "road"]
     assert main(road) == 2
     err = capsys.readouterr().err
-    assert "--metrics: 'road' imputes removed pixels" in err and "sample/s" not in err
+    assert "--metrics: 'road' needs images [C, H, W]" in err and "sample/s" not in err
     assert not out.exists()
 
 
 def test_parse_classes_refuses_top0():
     with pytest.raises(ValueError, match=r"--classes: topN needs N >= 1 .* got 'top0'"):
         parse_classes("top0")
+
+
+# -- help, names and errors in the user's words ------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["explain"], ["audit"], ["demo"]])
+def test_help_imports_no_torch_and_lists_what_the_records_hold(command):
+    # Timing-free: what --help imports, not how long it takes.
+    code = (
+        "import sys\n"
+        "from saliency.cli import main\n"
+        f"try:\n    main({[*command, '--help']!r})\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "heavy = [m for m in ('torch', 'matplotlib', 'numpy', 'PIL') if m in sys.modules]\n"
+        "print('IMPORTED', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text, imported = done.stdout.rsplit("IMPORTED", 1)
+    assert imported.strip() == "[]"
+    if command != ["demo"]:
+        for model in models.available():  # sentiment included
+            assert model in text
+    if command in (["explain"], ["audit"]):
+        from saliency.methods import records
+
+        for record in records.methods():
+            assert record.name in text and record.summary.split()[0] in text
+            for option in record.options:
+                assert option.flag in text
+    if command == ["audit"]:
+        from saliency.audit import records
+
+        for name in records.names(in_runs=True):
+            assert name in text
+        assert "randomization_test" not in text
+
+
+def test_python_dash_m_help_imports_no_torch():
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "saliency", "audit", "--help"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0 and "--metrics" in done.stdout
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "saliency.cli.parser" in imported
+    assert not {"torch", "matplotlib", "numpy"} & imported
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["explain", "digit", "a.png", "--out", "o"],
+         "MODEL: 'digit' is neither a bundled model nor a file; did you mean 'digits'?"),
+        (["explain", "model.pt", "a.png", "--out", "o"],
+         "MODEL: 'model.pt' is neither a bundled model nor a file (bundled models: "),
+        (["audit", "digits", "digit", "--out", "o"],
+         "DATA: 'digit' is neither a bundled data set nor a file or folder; did you mean "
+         "'digits'?"),
+        (["explain", "digits", "a.png", "--method", "smothgrad", "--out", "o"],
+         "--method: unknown method 'smothgrad'; did you mean 'smoothgrad'?"),
+        (["audit", "digits", "digits", "--out", "o", "--method", "integrated_gradient"],
+         "--method: unknown method 'integrated_gradient'; did you mean 'integrated_gradients'?"),
+        (["audit", "digits", "digits", "--metrics", "deleton", "--out", "o"],
+         "--metrics: unknown metric 'deleton'; did you mean 'deletion'?"),
+        (["audit", "digits", "digits", "--metrics", "randomization_test", "--out", "o"],
+         "--metrics: 'randomization_test' is not a per-sample metric"),
+        (["explian", "digits"], "unknown command 'explian'; did you mean 'explain'?"),
+        (["explain", "digits", "a.png", "--method", "gradcam", "--out", "o"],
+         "--layer: gradcam needs the module whose output Grad-CAM weighs"),
+        (["explain", "digits", "a.png", "--steps", "8", "--out", "o"],
+         "--steps: only integrated_gradients takes it, not gradients"),
+    ],
+)  # fmt: skip
+def test_misspelt_names_get_one_line_with_the_nearest(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    with contextlib.suppress(SystemExit):  # argparse's own errors exit; ours return 2
+        assert main(args) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "usage:" not in captured.err
+    assert captured.out == "" and not (tmp_path / "o").exists()
+
+
+def test_a_missing_model_file_is_named_in_the_users_words(tmp_path, capsys):
+    # an existing file that is not a model: the library's words, with the command's names
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    assert main(["explain", str(tmp_path / "model.pt"), "a.png", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL: " in err and "spec" not in err
+
+
+def test_method_names_and_aliases_are_those_of_python(tmp_path, capsys):
+    np.save(tmp_path / "rows.npy", _raw_digits(2))
+    base = ["explain", "digits", str(tmp_path / "rows.npy"), "--classes", "3", "--steps", "8",
+            "--save-values"]  # fmt: skip
+    for word in ("integrated_gradients", "ig"):
+        assert main([*base, "--method", word, "--out", str(tmp_path / word)]) == 0
+    capsys.readouterr()
+    long, short = (saliency.Attribution.load(tmp_path / w / "values_000000.safetensors")
+                   for w in ("integrated_gradients", "ig"))  # fmt: skip
+    assert long.method == short.method == "integrated_gradients"
+    assert torch.equal(long.values, short.values) and long.params["steps"] == 8
+
+
+def test_gradcam_from_the_command_with_its_layer(tmp_path, capsys):
+    np.save(tmp_path / "rows.npy", _raw_digits(2))
+    args = ["explain", "digits", str(tmp_path / "rows.npy"), "--classes", "3", "--save-values",
+            "--method", "gradcam", "--layer", "features.3",
+            "--out", str(tmp_path / "cam")]  # fmt: skip
+    assert main(args) == 0
+    a = saliency.Attribution.load(tmp_path / "cam" / "values_000000.safetensors")
+    model, _ = models.load("digits")
+    x, _ = models.held_out("digits", n=2)  # what the command reads, normalised
+    want = saliency.gradcam(model, x, [3], layer="features.3")
+    torch.testing.assert_close(a.values, want.values)
+    assert len(list((tmp_path / "cam").glob("*_3.png"))) == 2
+    capsys.readouterr()
+    bad = [*args[:-1], str(tmp_path / "bad")]
+    bad[bad.index("features.3")] = "features.9"
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("saliency explain: error: --layer: the model has no module named")

@@ -19,6 +19,7 @@ from .. import targets
 from ..attribution import Attribution
 from ..engine import parse_memory
 from ._scores import check_inputs, generator, number, rows_per_chunk, take, tracked
+from .records import MetricRecord
 
 __all__ = ["Infidelity", "Sensitivity", "infidelity", "sensitivity_max"]
 
@@ -402,6 +403,28 @@ def sensitivity_max(
 # -- helpers ---------------------------------------------------------------------------------------
 
 
+RECORDS = (
+    MetricRecord(
+        name="infidelity",
+        function=infidelity,
+        result=Infidelity,
+        explanation="how well each map predicts the score change under random perturbations "
+        "of the input (mean squared error)",
+        doc="audit/infidelity-sensitivity.md",
+        columns={"infidelity": "lower", "beta": None},
+        needs=("input_maps",),
+    ),
+    MetricRecord(
+        name="sensitivity_max",
+        function=sensitivity_max,
+        result=Sensitivity,
+        explanation="how much each map changes, at most, when the input is nudged slightly",
+        doc="audit/infidelity-sensitivity.md",
+        columns={"sensitivity": "lower"},
+    ),
+)
+
+
 class _Draw:
     """Infidelity's perturbations of a chunk of repeated inputs: ``(I, perturbed)``."""
 
@@ -475,12 +498,20 @@ def _explain(method, model, x, classes, options, kwargs) -> Attribution:
 
 def _classes_again(attribution: Attribution) -> Callable[[torch.Tensor], object]:
     """The ``classes`` that explain the same rows for copies of samples ``owner``."""
-    described = attribution.params.get("classes")
-    if isinstance(described, dict) and "contrast" in described:
-        a, b = described["contrast"]
-        shared = targets.contrast(a, b)
+    ids, neg = attribution.classes, attribution.negatives
+    if attribution.contrasted:
+        # A contrast is one list of pairs shared by every sample (saliency.contrast).
+        shared = bool((neg >= 0).all()) and all(
+            torch.equal(t, t[:1].expand_as(t)) for t in (ids, neg)
+        )
+        if not shared:
+            raise ValueError(
+                "attribution: its rows are not one saliency.contrast(a, b) shared by every "
+                "sample (they mix contrasts and plain classes, or differ between samples), so "
+                "the method cannot be asked again for them; explain one contrast for every sample"
+            )
+        shared = targets.contrast(ids[0].tolist(), neg[0].tolist())
         return lambda owner: shared
-    ids = attribution.classes
     return lambda owner: ids[owner.to(ids.device)]
 
 

@@ -14,6 +14,7 @@ import torch
 
 from ..attribution import Attribution
 from ..engine import parse_memory
+from .records import MetricRecord
 from .similarity import check_similarity, compare_matrix, prepare_maps
 
 __all__ = ["ClassSensitivity", "class_sensitivity"]
@@ -166,6 +167,20 @@ def class_sensitivity(
         similarity=similarity,
         threshold=float(threshold),
     )
+
+
+RECORDS = (
+    MetricRecord(
+        name="class_sensitivity",
+        function=class_sensitivity,
+        result=ClassSensitivity,
+        explanation="how similar each sample's maps of different classes are: maps that look "
+        "the same whatever the class explain the input, not the decision",
+        doc="audit/class-sensitivity.md",
+        columns={"mean_other": "lower", "off_diagonal": "lower", "flagged": None},
+        rows="several",
+    ),
+)
 
 
 def _samples_per_chunk(values: torch.Tensor, k: int, similarity: str, budget: int | None) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attribution import Attribution
+from .records import MetricRecord
 
 __all__ = ["Completeness", "completeness"]
 
@@ -160,6 +161,28 @@ def completeness(
         classes=attribution.classes,
         tol=float(tol),
     )
+
+
+RECORDS = (
+    MetricRecord(
+        name="completeness",
+        function=completeness,
+        result=Completeness,
+        explanation="how far each row's sum falls from its score change F(x) - F(baseline), "
+        "relative to that change (Integrated Gradients' completeness axiom)",
+        doc="audit/completeness.md",
+        columns={
+            "gap": None,
+            "abs_gap": "lower",
+            "change": None,
+            "relative_gap": "lower",
+            "flat": None,
+            "exceeds": None,
+            "floor": None,
+        },
+        needs=("delta",),
+    ),
+)
 
 
 def _number(value: torch.Tensor) -> float | None:

@@ -16,6 +16,7 @@ import torch
 
 from ..attribution import Attribution
 from ..engine import outputs as model_outputs
+from .records import MetricRecord
 
 __all__ = ["Margins", "margins"]
 
@@ -164,6 +165,28 @@ def margins(
     )
 
 
+RECORDS = (
+    MetricRecord(
+        name="margins",
+        function=margins,
+        result=Margins,
+        explanation="the first-order distance from each sample to the boundary with every "
+        "other class, from the gradients of both classes",
+        doc="audit/margins.md",
+        columns={
+            "distance": None,
+            "gap": None,
+            "gradient_gap": None,
+            "reference": None,
+            "nearest": None,
+            "nearest_distance": None,
+        },
+        needs=("gradients",),
+        rows="all",
+    ),
+)
+
+
 def _check_gradients(attribution: Attribution, x: torch.Tensor) -> None:
     a = attribution
     if a.method != "gradients" or a.params.get("times_input") or a.params.get("abs"):
@@ -177,7 +200,7 @@ def _check_gradients(attribution: Attribution, x: torch.Tensor) -> None:
             f"attribution: margins need input gradients, got gradients at layer "
             f"{a.params['layer']!r}"
         )
-    if isinstance(a.params.get("classes"), dict) and "contrast" in a.params["classes"]:
+    if a.contrasted:
         raise ValueError("attribution: margins need the gradients of classes, not of contrasts")
     if (
         not isinstance(x, torch.Tensor)

@@ -20,6 +20,7 @@ from ..engine import parse_memory
 from ..methods.baselines import make_baseline
 from ._scores import Tracked, check_inputs, generator, number, rows_per_chunk, tracked
 from .imputation import noisy_linear_imputation
+from .records import MetricRecord
 
 __all__ = ["PerturbationCurves", "deletion", "insertion", "road"]
 
@@ -291,6 +292,51 @@ def road(
         abs=abs, random_order=random_order, seed=seed, output=output, max_memory=max_memory,
         forward_kwargs=forward_kwargs, noise=float(noise),
     )  # fmt: skip
+
+
+def _road_better(options: dict) -> dict[str, str | None]:
+    better = "lower" if options.get("order", "morf") == "morf" else "higher"
+    return {"auc": better, "random_auc": None, "normalized_auc": better}
+
+
+RECORDS = (
+    MetricRecord(
+        name="deletion",
+        function=deletion,
+        result=PerturbationCurves,
+        explanation="the class score as the features the map ranks first are removed: a "
+        "faithful map makes it fall fast (area under the curve, against a random order)",
+        doc="audit/deletion-insertion.md",
+        columns={"auc": "lower", "random_auc": None, "normalized_auc": "lower"},
+        random={"auc": "random_auc"},
+        needs=("input_maps",),
+    ),
+    MetricRecord(
+        name="insertion",
+        function=insertion,
+        result=PerturbationCurves,
+        explanation="the class score as the features the map ranks first are put back into "
+        "a blank input: a faithful map makes it rise fast (area under the curve, against a "
+        "random order)",
+        doc="audit/deletion-insertion.md",
+        columns={"auc": "higher", "random_auc": None, "normalized_auc": "higher"},
+        random={"auc": "random_auc"},
+        needs=("input_maps",),
+    ),
+    MetricRecord(
+        name="road",
+        function=road,
+        result=PerturbationCurves,
+        explanation="deletion with removed pixels imputed from their neighbours, so that the "
+        "shape of the removed set tells the model nothing (MoRF: lower is better)",
+        doc="audit/road.md",
+        columns={"auc": "lower", "random_auc": None, "normalized_auc": "lower"},
+        random={"auc": "random_auc"},
+        needs=("input_maps",),
+        inputs="images",
+        directions=_road_better,
+    ),
+)
 
 
 # -- shared machinery ------------------------------------------------------------------------------

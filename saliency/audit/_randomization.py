@@ -20,6 +20,7 @@ from torch import nn
 from .. import targets
 from .._random import generator as private_generator
 from ..attribution import Attribution
+from .records import MetricRecord
 from .similarity import check_similarity, compare, prepare_maps
 
 __all__ = ["RandomizationResult", "randomization_test"]
@@ -258,6 +259,21 @@ def randomization_test(
 
 
 # -- arguments ---------------------------------------------------------------------------------
+RECORDS = (
+    MetricRecord(
+        name="randomization_test",
+        function=randomization_test,
+        result=RandomizationResult,
+        explanation="how similar the maps stay as the model's layers are re-initialised: maps "
+        "that do not change do not depend on what the model learnt",
+        doc="audit/randomization.md",
+        columns={},
+        not_in_runs="randomises the model layer by layer, a check of the model and method "
+        "rather than of each sample; run it once on a batch (saliency.audit.randomization_test)",
+    ),
+)
+
+
 def _similarities(value: object) -> tuple[str, ...]:
     kinds = (value,) if isinstance(value, str) else value
     if not isinstance(kinds, Sequence) or not kinds:

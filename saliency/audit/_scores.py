@@ -1,9 +1,10 @@
 """What the perturbation metrics track: each Attribution row's score, on batches of perturbed rows.
 
 A row ``k`` of sample ``b`` explains ``out[b, ids[b, k]]`` (minus ``out[b, neg[b, k]]`` for a
-contrast) after the ``output`` transform. The metrics run many perturbed copies of the samples
-through the model; these helpers read the rows off an Attribution, line up per-sample forward
-arguments with the copies, size the chunks under a memory budget, and seed private generators.
+contrast row, as :attr:`saliency.Attribution.negatives` records) after the ``output``
+transform. The metrics run many perturbed copies of the samples through the model; these
+helpers read the rows off an Attribution, line up per-sample forward arguments with the copies,
+size the chunks under a memory budget, and seed private generators.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .. import targets
 from .._random import generator
 from ..attribution import Attribution
 from ..engine import outputs
@@ -47,7 +47,7 @@ class Tracked:
         self.model = model
         self.n = n
         self.ids = ids  # [B, K]
-        self.neg = neg  # [B, K] or None
+        self.neg = neg  # [B, K], -1 where a row subtracts nothing; or None: no row does
         self.output = output
         self.forward_kwargs = forward_kwargs
 
@@ -75,7 +75,9 @@ class Tracked:
         ids = ids.to(out.device)
         picked = out.gather(1, ids)
         if neg is not None:
-            picked = picked - out.gather(1, neg.to(out.device))
+            neg = neg.to(out.device)
+            subtracted = out.gather(1, neg.clamp(min=0))
+            picked = picked - torch.where(neg >= 0, subtracted, torch.zeros_like(subtracted))
         return picked if rows is None else picked[:, 0]
 
     def is_top(
@@ -100,19 +102,10 @@ def tracked(
     ``output=None`` tracks what the attribution explained (its recorded ``output``); a callable
     recorded by name only has to be passed again.
     """
-    ids = attribution.classes
-    neg = None
-    described = attribution.params.get("classes")
-    if isinstance(described, dict) and "contrast" in described:
-        a, b = described["contrast"]
-        rows = targets.resolve(targets.contrast(a, b), attribution.outputs)
-        if rows.neg is None or not torch.equal(rows.ids.to(ids.device), ids):
-            raise ValueError(
-                f"attribution: its params describe contrasts {described['contrast']} that do not "
-                "match its classes"
-            )
-        neg = rows.neg.to(ids.device)
-    return Tracked(model, x.shape[0], ids, neg, _output(attribution, output), forward_kwargs)
+    neg = attribution.negatives if attribution.contrasted else None
+    return Tracked(
+        model, x.shape[0], attribution.classes, neg, _output(attribution, output), forward_kwargs
+    )
 
 
 def check_inputs(x: object, attribution: object) -> None:

@@ -4,6 +4,7 @@ Examples
 --------
   saliency demo --out saliency-out
   saliency explain digits digit.png --method ig --classes top3 --out maps/
+  saliency explain digits digit.png --method gradcam --layer features.3 --out maps/
   saliency explain model.pt2 photos/ --method smoothgrad --classes all --size 224 224 \\
       --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --class-names classes.txt --out maps/
   saliency audit digits digits --out audit/
@@ -11,9 +12,11 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 
+from . import words
 from .console import Interrupted, say
 from .options import parse_classes
 from .parser import build_parser
@@ -35,6 +38,10 @@ _OPTION_WORDS = [
     (re.compile(r"\bclasses=(\d+)\b"), r"--classes \1"),
     (re.compile(r"^metrics: "), "--metrics: "),
     (re.compile(r"^methods: "), "--method: "),
+    (re.compile(r"^spec: "), "MODEL: "),
+    (re.compile(r"^layer: "), "--layer: "),
+    (re.compile(r"^weights: "), "--weights: "),
+    (re.compile(r"^data: "), "DATA: "),
 ]
 
 
@@ -44,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(examples=__doc__.split("Examples\n--------\n", 1)[1])
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        _check_words(args)  # before anything heavy is imported
+        module, _, name = args.run.partition(":")
+        return getattr(importlib.import_module(module), name)(args)
     except Interrupted as note:
         say(f"saliency {args.command}: {note}", err=True)
         return 130
@@ -61,6 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, TypeError, MemoryError, RuntimeError) as error:
         say(f"saliency {args.command}: error: {_option_words(str(error))}", err=True)
         return 2
+
+
+def _check_words(args) -> None:
+    """Names the user typed (models, data, methods, metrics), with the nearest when misspelt, and
+    method options that no chosen method takes or that one needs."""
+    if args.command == "demo":
+        return
+    words.check_model(args.model)
+    if args.command == "audit":
+        words.check_data(args.data)
+        words.check_metrics(args.metrics or [])
+    chosen = words.check_methods([args.method] if isinstance(args.method, str) else args.method)
+    given = {name: getattr(args, name) for name in words.method_options()}
+    words.check_method_options(chosen, given)
 
 
 def _option_words(message: str) -> str:

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 from .. import models
+from ..audit import records as metric_records
 from ..engine import outputs
 from ..io import LoadedModel, load_model
 from ..methods import Method
+from ..methods import records as method_records
 from .console import Interrupted, say
 from .options import (
-    METHODS,
+    build_method,
     check_classes,
     check_out,
     parse_classes,
@@ -49,10 +51,7 @@ def audit(args: argparse.Namespace) -> int:
         mean, std = info.mean, info.std
     names = names or data.class_names
     classes = "label" if args.classes.strip().lower() == "label" else parse_classes(args.classes)
-    methods = {
-        name: METHODS[name](argparse.Namespace(**{**vars(args), "seed": None}))
-        for name in args.method
-    }
+    methods = {word: build_method(word, args, seed=None) for word in args.method}
     max_memory = read_memory(args.max_memory)
     _check_audit_classes(loaded, data, classes, args)
     metrics = None if args.metrics is None else _metrics_per_method(args.metrics, methods)
@@ -116,13 +115,10 @@ def audit(args: argparse.Namespace) -> int:
     return 0
 
 
-# The method a metric that fits only some methods asks for, for the command's hint.
-_METRIC_METHOD = {"completeness": "ig", "margins": "gradients"}
-
-
 def _metrics_per_method(names: list[str], methods: dict[str, Method]) -> dict[str, list[str]]:
-    """``--metrics`` for each ``--method`` it can measure (completeness: ig; margins: gradients);
-    a metric that fits none of them is an error, one that fits some is said."""
+    """``--metrics`` for each ``--method`` it can measure, as the records say (completeness:
+    integrated_gradients; margins: gradients); a metric that fits none of them is an error, one
+    that fits some is said."""
     from ..audit.datasets.arguments import misfit
     from ..audit.datasets.methods import resolve
 
@@ -135,13 +131,19 @@ def _metrics_per_method(names: list[str], methods: dict[str, Method]) -> dict[st
         if not fits:
             raise ValueError(
                 f"--metrics: {name!r} fits none of --method {' '.join(methods)}: {why}; add "
-                f"--method {_METRIC_METHOD.get(name, '...')} or leave {name} out"
+                f"--method {_fitting(name)} or leave {name} out"
             )
         if len(fits) < len(specs):
             say(f"{name}: measured for {', '.join(fits)} only; {why}")
         for method in fits:
             chosen[method].append(name)
     return chosen
+
+
+def _fitting(metric: str) -> str:
+    """A method whose record gives all that ``metric`` needs."""
+    needs = set(metric_records.metric(metric).needs)
+    return next((r.name for r in method_records.methods() if needs <= set(r.provides)), "...")
 
 
 def _check_audit_classes(loaded: LoadedModel, data, classes, args) -> None:

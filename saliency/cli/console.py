@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from ..io import InputError
+if TYPE_CHECKING:
+    from ..io import InputError
 
 
 class Interrupted(Exception):

@@ -19,10 +19,11 @@ from ..targets import top_k
 from ..viz.labels import file_stem
 from .console import Interrupted, progress, report
 from .options import (
-    METHODS,
+    build_method,
     check_classes,
     check_free,
     check_out,
+    method_settings,
     parse_classes,
     read_class_names,
     read_memory,
@@ -39,7 +40,7 @@ def explain(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
     names = read_class_names(args.class_names, loaded)
     classes = parse_classes(args.classes) if args.classes is not None else _DEFAULT_CLASSES
-    method = METHODS[args.method](args)
+    method = build_method(args.method, args, seed=args.seed)
     max_memory = read_memory(args.max_memory)
     mean = args.mean if args.mean is not None else loaded.mean
     std = args.std if args.std is not None else loaded.std
@@ -222,17 +223,12 @@ def _settings(args, loaded: LoadedModel, names, mean, std) -> dict:
     """What decides explain's outputs, by option (a changed one is named when refused)."""
     from ..audit.datasets.manifest import fingerprint
 
-    method_options = {
-        "gradients": {},
-        "smoothgrad": {"--n-samples": args.n_samples, "--noise": args.noise, "--seed": args.seed},
-        "ig": {"--steps": args.steps},
-    }[args.method]
     return {
         "MODEL": args.model,
         "model fingerprint": fingerprint(loaded.model),
         "--weights": args.weights,
         "--method": args.method,
-        **method_options,
+        **method_settings(args.method, args),
         "--classes": args.classes,
         "--output": args.output,
         "--size": args.size,

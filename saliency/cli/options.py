@@ -1,31 +1,43 @@
-"""The command's options read into the library's arguments, and checked in the command's words."""
+"""The command's options read into the library's arguments, and checked in the command's words.
+
+Importing this module imports no torch (the command's ``--help`` reads it); the functions that
+need the library import it when called.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..engine import parse_memory
-from ..io import LoadedModel
-from ..methods import Method, gradients, integrated_gradients, smoothgrad
-from ..models.data import GENERATION_DATASETS, TEXT_DATASETS
-from ..targets import Classes, Contrast, TopK, top_k
+from ..methods import records as method_records
+from . import words
 
-# The one table of methods: each name, and how the command builds it from its options. Both
-# explain and audit take --method from here. A seed of None is left to the caller (audit derives
-# one per shard).
-METHODS: dict[str, Callable[[argparse.Namespace], Method]] = {
-    "gradients": lambda args: gradients,
-    "smoothgrad": lambda args: functools.partial(
-        smoothgrad,
-        n_samples=args.n_samples,
-        noise=args.noise,
-        **({} if args.seed is None else {"seed": args.seed}),
-    ),
-    "ig": lambda args: functools.partial(integrated_gradients, steps=args.steps),
-}
+if TYPE_CHECKING:
+    from ..io import LoadedModel
+    from ..targets import Classes
+
+
+def build_method(word: str, args: argparse.Namespace, *, seed: int | None) -> Callable:
+    """The method named ``word`` (a name or alias in the records), built from the command's
+    options by its record; ``seed`` goes to methods that draw random numbers (None: the
+    caller's, e.g. a run's per-shard seed)."""
+    record = method_records.method(word)
+    values = {name: getattr(args, name, None) for name in words.method_options()}
+    return record.build(values, seed=seed)
+
+
+def method_settings(word: str, args: argparse.Namespace) -> dict[str, object]:
+    """The options that decide what method ``word`` computes, by flag, as it will use them."""
+    record = method_records.method(word)
+    found: dict[str, object] = {}
+    for option in record.options:
+        value = getattr(args, option.name, None)
+        found[option.flag] = option.default if value is None else value
+    if record.seed:
+        found["--seed"] = args.seed
+    return found
 
 
 def parse_classes(text: str) -> Classes:
@@ -36,6 +48,8 @@ def parse_classes(text: str) -> Classes:
     >>> parse_classes("all") is None, parse_classes("top2"), parse_classes("1,5")
     (True, TopK(k=2), [1, 5])
     """
+    from ..targets import top_k
+
     text = text.strip().lower()
     if text == "all":
         return None
@@ -67,14 +81,15 @@ def read_class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
 
 
 def refuse_text_model(model: str, command: str) -> None:
-    if model in GENERATION_DATASETS:
+    kinds = {b.name: b.kind for b in words.bundled()}
+    if kinds.get(model) == "language":
         raise ValueError(
             f"MODEL: {model!r} is a language model (it generates tokens), and saliency {command} "
             "explains classifiers. Explain its generations in Python: "
             "saliency.explain_generation(model, prompts, max_new_tokens=...) (see the docs' "
             "Generation page)"
         )
-    if model in TEXT_DATASETS:
+    if kinds.get(model) == "text":
         raise ValueError(
             f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
             "images and feature vectors. Explain its tokens in Python: "
@@ -98,6 +113,8 @@ def check_free(paths: list[Path], overwrite: bool) -> None:
 
 
 def read_memory(text: str | None) -> int | None:
+    from ..engine import parse_memory
+
     try:
         return parse_memory(text)
     except (TypeError, ValueError) as e:
@@ -108,6 +125,8 @@ def read_memory(text: str | None) -> int | None:
 
 def check_classes(classes: Classes, text: str | None, n_out: int) -> None:
     """``--classes`` against the model's number of outputs, in the command's words."""
+    from ..targets import Contrast, TopK
+
     if isinstance(classes, TopK) and classes.k > n_out:
         raise ValueError(f"--classes {text} asks for more classes than the model's {n_out} outputs")
     ids = classes if isinstance(classes, list) else []

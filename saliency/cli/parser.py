@@ -1,13 +1,33 @@
-"""The command's arguments: one sub-command each for demo, explain and audit."""
+"""The command's arguments: one sub-command each for demo, explain and audit.
+
+Built from the method and metric records as declared and the bundled models' file headers
+(:mod:`saliency.cli.words`), with each sub-command named by ``module:function`` and imported
+only to run it: printing ``--help`` imports no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+import textwrap
 
-from .audit import audit
-from .demo import demo
-from .explain import explain
-from .options import METHODS
+from .._records import suggest
+from ..audit import records as metric_records
+from ..methods import records as method_records
+from . import words
+
+__all__ = ["build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, with where to read more."""
+
+    def error(self, message: str) -> None:
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:  # a misspelt sub-command
+            choices = re.findall(r"'([^']*)'", wrong[2])
+            message = f"unknown command {wrong[1]!r}{suggest(wrong[1], choices)}"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive(text: str) -> int:
@@ -19,13 +39,13 @@ def _positive(text: str) -> int:
 
 def build_parser(examples: str) -> argparse.ArgumentParser:
     """The ``saliency`` parser; ``examples`` close its ``--help``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="saliency",
         description="Per-class input-gradient explanations for every class in one call.",
-        epilog=examples,
+        epilog=f"{_models_text()}\n\nexamples:\n{examples}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser(
         "demo",
@@ -38,7 +58,7 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
     d.add_argument("--out", default="saliency-out", help="output folder (default: saliency-out)")
     d.add_argument("--samples", type=int, default=8, help="held-out digits to explain (default 8)")
     d.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    d.set_defaults(run=demo)
+    d.set_defaults(run="saliency.cli.demo:demo")
 
     e = sub.add_parser(
         "explain",
@@ -47,8 +67,9 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
         "input and class ({index}_{class}.png), a JSON index per batch, and optionally the raw "
         "attributions. Unreadable inputs are reported by name and skipped; the exit status is 1 "
         "if any input failed.",
-        epilog="examples:\n"
+        epilog=f"{_methods_text()}\n\n{_models_text()}\n\nexamples:\n"
         "  saliency explain digits a.png b.png --method ig --classes top3 --out m/\n"
+        "  saliency explain digits a.png --method gradcam --layer features.3 --out m/\n"
         "  saliency explain mypkg.nets:resnet --weights w.safetensors imgs/ --size 224 224 "
         "--out m/\n  saliency explain breast_cancer rows.npy --classes all --out m/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,8 +80,9 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
     )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument(
-        "--method", choices=list(METHODS), default="gradients", help="default: gradients"
-    )
+        "--method", default="gradients", metavar="METHOD", help=f"{_method_names()} (default: "
+        "gradients; see below)",
+    )  # fmt: skip
     e.add_argument(
         "--classes",
         default=None,
@@ -69,7 +91,7 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
     )
     _input_arguments(e)
     e.add_argument("--key", help="tensor name inside a .safetensors input with several")
-    _method_arguments(e, seed_help="SmoothGrad seed (default 0)")
+    _method_arguments(e, seed_help="seed of the methods' random draws (default 0)")
     e.add_argument("--batch-size", type=_positive, default=32, help="inputs per batch (default 32)")
     e.add_argument("--max-memory", help="memory budget such as 2GB (default: none)")
     e.add_argument("--top", type=int, default=None, help="features shown per class (tabular)")
@@ -86,8 +108,9 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
         action="store_true",
         help="replace existing output files, and outputs made with other settings",
     )
-    e.set_defaults(run=explain)
+    e.set_defaults(run="saliency.cli.explain:explain")
 
+    bundled = ", ".join(b.name for b in words.bundled() if b.kind not in ("text", "language"))
     a = sub.add_parser(
         "audit",
         help="explain and measure a whole data set; resumable; writes an HTML report",
@@ -98,33 +121,33 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
         "an interruption and it resumes. Launch it with torchrun to split the work across "
         "processes or machines. Samples that cannot be explained are named and skipped; the "
         "exit status is then 1.",
-        epilog="examples:\n"
+        epilog=f"{_methods_text()}\n\n{_metrics_text()}\n\n{_models_text()}\n\nexamples:\n"
         "  saliency audit digits digits --out audit/\n"
         "  saliency audit model.pt2 photos/ --method gradients ig --metrics deletion --out a/\n"
         "  torchrun --nproc-per-node=4 -m saliency audit model.pt2 data.safetensors --out a/\n"
-        "DATA is a bundled data set (digits, breast_cancer), a folder with one sub-folder of "
-        "images per class, or a tensor file: .safetensors with tensors x and y, a .pt file of "
-        "{'x': ..., 'y': ...} (read with weights_only=True), or .npy (x only).",
+        + textwrap.fill(
+            f"DATA is a bundled data set ({bundled}), a folder with one sub-folder of images "
+            "per class, or a tensor file: .safetensors with tensors x and y, a .pt file of "
+            "{'x': ..., 'y': ...} (read with weights_only=True), or .npy (x only).",
+            96,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_arguments(a)
     a.add_argument("data", metavar="DATA", help="the data set (see below)")
     a.add_argument("--out", required=True, help="output folder (resumed when it holds this run)")
     a.add_argument(
-        "--method",
-        nargs="+",
-        choices=list(METHODS),
-        default=["gradients"],
-        help="one or more methods (default: gradients)",
-    )
+        "--method", nargs="+", default=["gradients"], metavar="METHOD",
+        help=f"one or more of {_method_names()} (default: gradients; see below)",
+    )  # fmt: skip
     a.add_argument(
         "--metrics",
         nargs="*",
         default=None,
-        help="per-sample metrics of saliency.audit, e.g. deletion insertion road "
-        "class_sensitivity completeness margins norms, each for the methods it fits "
-        "(completeness: ig; margins: gradients) (default: deletion class_sensitivity; "
-        "class_sensitivity only with 2 classes or more per sample)",
+        metavar="METRIC",
+        help="per-sample metrics (see below), each measured for the methods it fits (default: "
+        "deletion class_sensitivity; class_sensitivity only with 2 classes or more per "
+        "sample; --metrics alone: none)",
     )
     a.add_argument(
         "--classes",
@@ -154,16 +177,17 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
         action="store_true",
         help="delete a run made with other settings in --out and start again",
     )
-    a.set_defaults(run=audit)
+    a.set_defaults(run="saliency.cli.audit:audit")
     return parser
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(b.name for b in words.bundled())
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="a bundled model name (digits, breast_cancer), a TorchScript file, a torch.export "
-        ".pt2 file, or package.module:factory together with --weights",
+        help=f"a bundled model ({names}; see below), a TorchScript file, a torch.export .pt2 "
+        "file, or package.module:factory together with --weights",
     )
     p.add_argument("--weights", help="safetensors or state-dict file for a factory MODEL")
     p.add_argument(
@@ -203,9 +227,59 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _method_arguments(p: argparse.ArgumentParser, *, seed_help: str) -> None:
-    p.add_argument("--steps", type=_positive, default=50, help="IG path points (default 50)")
-    p.add_argument(
-        "--n-samples", type=_positive, default=50, help="SmoothGrad samples (default 50)"
+    """The options of the methods' records (each once, however many methods take it)."""
+    group = p.add_argument_group("method options (each for the methods named first)")
+    for name, (option, takers) in words.method_options().items():
+        default = "" if option.default is None else f" (default {option.default})"
+        group.add_argument(
+            option.flag,
+            dest=name,
+            type=_positive if option.type is int and option.minimum == 1 else option.type,
+            default=None,
+            metavar={int: "N", float: "X"}.get(option.type, option.name.upper()),
+            help=f"{', '.join(takers)}: {option.help}{default}",
+        )
+    group.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def _method_names() -> str:
+    return ", ".join(
+        f"{r.name} ({'or ' + ', '.join(r.aliases)})" if r.aliases else r.name
+        for r in method_records.declared()
     )
-    p.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of range")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def _methods_text() -> str:
+    rows = []
+    for r in method_records.declared():
+        needs = [o.flag for o in r.options if o.required]
+        also = f"(also {', '.join(r.aliases)}) " if r.aliases else ""
+        rows.append((r.name, also + r.summary + (f"; needs {' '.join(needs)}" if needs else "")))
+    return _listing("methods (--method):", rows)
+
+
+def _metrics_text() -> str:
+    rows = [(r.name, r.explanation) for r in metric_records.declared() if r.not_in_runs is None]
+    return _listing("metrics (--metrics):", rows)
+
+
+def _models_text() -> str:
+    rows = []
+    for b in words.bundled():
+        if b.kind == "language":
+            rows.append((b.name, f"language model, {b.classes} tokens (explained in Python: "
+                                 "see the docs' Generation page)"))  # fmt: skip
+            continue
+        note = " (explained in Python: see the docs' Text page)" if b.kind == "text" else ""
+        rows.append((b.name, f"{b.kind}, {b.classes} classes{note}"))
+    return _listing("bundled models (MODEL; each also names its held-out data, DATA):", rows)
+
+
+def _listing(title: str, rows: list[tuple[str, str]]) -> str:
+    """``title``, then one entry per row, its text wrapped beside the name."""
+    lines = [title]
+    for name, text in rows:
+        first, *rest = textwrap.wrap(text, 72) or [""]
+        lines.append(f"  {name:22} {first}")
+        lines += [f"  {'':22} {line}" for line in rest]
+    return "\n".join(lines)

@@ -11,11 +11,12 @@ steps, both reading the strategies' records (:mod:`.strategies`):
    ``vmap``'s batched backward, so it only races when ``vmap`` cannot run.
 2. **A race on the real work.** Otherwise the "base" strategy (``loop``) and the "batched" one
    (``vmap``), each differentiating a shared forward pass, split the first targets of the first
-   row chunk between them: the base computes two targets, the batched one two, and, when that is
-   promising, four more. The winner's blocks are part of the result; the winner computes the rest,
-   and the loser's few targets again: strategies agree only to rounding, and a call's bits must
-   not depend on whether it was the first. The batched strategy's time per target at its full
-   width is extrapolated from its two widths.
+   row chunk between them: the base computes two targets, the batched one two (the first of them
+   the base's last again), and, when that is promising, four more. The blocks are part of the
+   result and the winner computes the rest. Since a call's bits must not depend on whether it was
+   the first, the target done twice is compared: strategies that agree bit for bit there keep
+   every block; otherwise the loser's blocks are computed again by the winner. The batched
+   strategy's time per target at its full width is extrapolated from its two widths.
 
 With fewer than four targets there is nothing worth racing: the base strategy on a CPU, the
 batched one elsewhere.

@@ -633,7 +633,14 @@ class _Engine:
     # -- the race on the first row chunk ----------------------------------------------------
     def _first_rows(self) -> tuple[slice, int]:
         """The first row chunk and how many of its targets are done: when the strategy is not
-        decided yet, the candidates race on its first targets, and their blocks are kept."""
+        decided yet, the candidates race on its first targets, and their blocks are kept.
+
+        Strategies may agree only to rounding, and a call's bits must not depend on whether it
+        was the first. So the batched strategy's first block covers the base strategy's last
+        target again: when the two agree bit for bit there, every block of the race is kept;
+        when not, the loser's blocks are computed again by the winner (the column done twice
+        serves when the batched strategy wins).
+        """
         if self.race is None:
             return self._row_slices()[0], 0
         race, done = self.race, 0
@@ -641,9 +648,12 @@ class _Engine:
         first = slice(0, min(rows, self.p.batch))
         chunk, seconds = auto.timed(lambda: self._chunk(race.base, first))
         race.small_work(seconds * self.p.batch / (first.stop - first.start))
+        raced, overlap = [], None  # (name, cols, block) of new targets; the column done twice
         while (step := race.next()) is not None:
             name, width = step
-            cols = slice(done, done + width)
+            again = overlap is None and name != race.base and 0 < done and width > 1
+            start = done - 1 if again else done  # the batched block's first column: done twice
+            cols = slice(start, start + width)
             try:
                 with quiet_fallbacks():
                     block, seconds = auto.timed(lambda n=name, c=cols: self._block(n, chunk, c))
@@ -653,20 +663,34 @@ class _Engine:
                 race.failed(name)  # e.g. an operator without a batching rule
                 continue
             race.record(name, width, seconds)
-            self.raced.append((name, cols, block))
-            done += width
+            if again:
+                overlap = block[:, :1]
+                block, cols = block[:, 1:], slice(start + 1, cols.stop)
+            raced.append((name, cols, block))
+            done = cols.stop
         self.strategy = self._remember(race.winner)
         self.plan = self._plan(self.strategy)
         self.race = None
-        # Strategies agree only to rounding: the loser's blocks are computed again by the winner,
-        # so that a call's bits do not depend on whether it was the first (the loser timed at
-        # most a few targets).
-        self.raced = [
-            block if name == self.strategy else self._block(self.strategy, chunk, cols)
-            for name, cols, block in self.raced
-        ]
+        self.raced = self._agreed(raced, overlap, chunk)
         self.first_chunk = chunk  # every strategy but head can go on from its forward pass
         return first, done
+
+    def _agreed(self, raced: list, overlap: torch.Tensor | None, chunk: Chunk) -> list:
+        """The race's blocks, each as the winner computes it (``overlap``: the batched
+        strategy's block for the base strategy's last target)."""
+        if overlap is not None:
+            last = next(i for i, (n, _, _) in enumerate(raced) if n != self.base) - 1
+            name, cols, block = raced[last]
+            if torch.equal(block[:, -1:], overlap):  # the two agree bit for bit on this model
+                return [b for _, _, b in raced]
+            if self.strategy != self.base:  # the batched column replaces the base's
+                raced[last] = (self.strategy, slice(cols.stop - 1, cols.stop), overlap)
+                if cols.stop - cols.start > 1:
+                    raced.insert(last, (name, slice(cols.start, cols.stop - 1), block[:, :-1]))
+        return [
+            block if name == self.strategy else self._block(self.strategy, chunk, cols)
+            for name, cols, block in raced
+        ]
 
     # -- walking the plan -------------------------------------------------------------------
     def _row_slices(self) -> list[slice]:

@@ -1,16 +1,15 @@
 """What the engine learns about a model from two tiny forward passes, cached per model and state.
 
-The probe runs the model on the first sample, guarded, under saved-tensor hooks and with every
-random operator watched (:mod:`.draws`: a model that draws random numbers is refused, naming the
-module). It measures the bytes one sample's forward pass saves for the backward pass (planning
-needs them before any real chunk runs), the number of outputs, the shape of the differentiated
-tensor (the input, or a layer's output), and which ``nn.Linear`` produced the scores (the ``head``
-strategy's candidate). One more pass, without a graph, compares the first sample's scores alone
-and inside a pair: a sample whose scores change with its batch (coupling) would make per-sample
-gradients meaningless, so it is refused here. When the scores differ, the sample alone once more
-tells coupling from randomness drawn outside torch (NumPy's, say), which no operator shows.
-Whether the scores depend on what is differentiated at all is read off the graph, without a
-backward pass.
+The probe runs the model on the first sample, guarded, under saved-tensor hooks and with random
+draws seen (:mod:`.draws`: a model that draws random numbers is refused, naming the module). It
+measures the bytes one sample's forward pass saves for the backward pass (planning needs them
+before any real chunk runs), the number of outputs, the shape of the differentiated tensor (the
+input, or a layer's output), and which ``nn.Linear`` produced the scores (the ``head`` strategy's
+candidate). One more pass, without a graph, compares the first sample's scores alone and inside a
+pair: a sample whose scores change with its batch (coupling) would make per-sample gradients
+meaningless, so it is refused here. When the scores differ, the sample alone once more tells
+coupling from randomness drawn outside torch (NumPy's, say), which no operator shows. Whether the
+scores depend on what is differentiated at all is read off the graph, without a backward pass.
 
 The cache is keyed on the modules behind the callable (see :mod:`.identity`), the shapes, dtypes
 and devices, the output, the layer, and the state of every module (object and train/eval
@@ -250,19 +249,26 @@ def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch
     if p.layer is None:
         xs.requires_grad_()
     value = None if p.layer_value is None else p.layer_value[:n].detach().requires_grad_()
-    # Random operators are watched on this pass (a private generator's draws included); every
-    # later pass only checks that the default generators did not move.
-    drawn = contextlib.nullcontext() if p.allow_random else draws.Draws()
+    # Every pass checks that the default generators did not move (microseconds). A model with a
+    # module in training mode, or one the engine cannot see, has every random operator of this
+    # pass watched too, so that draws from a private generator are seen as well (watching costs
+    # a Python call per operator, so eval-mode models are spared it).
+    watched = not p.allow_random and (not p.owners or _training(p.owners))
+    drawn = draws.Draws() if watched else contextlib.nullcontext()
     with (
         torch.enable_grad(),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
         linears,
         drawn,
     ):
-        result = run(p, xs, slice(0, n), value=value, draws_seen=True)
+        result = run(p, xs, slice(0, n), value=value, draws_seen=watched)
     leaf = xs if p.layer is None else result.value
-    found = [] if p.allow_random else drawn.found
+    found = drawn.found if watched else []
     return result, sum(seen.values()), linears.calls, leaf, found
+
+
+def _training(roots: tuple[nn.Module, ...]) -> bool:
+    return any(m.training for root in roots for m in _walk(root))
 
 
 def _look(p: Problem, n: int) -> Pass:

@@ -196,7 +196,7 @@ def from_captum(
         "classes": describe(classes),
         "output": describe(output),
     }
-    return Attribution(values, rows.ids, at_x, f"captum.{name}", params, delta)
+    return Attribution(values, rows.ids, at_x, f"captum.{name}", params, delta, negatives=rows.neg)
 
 
 class _Scores(nn.Module):

@@ -12,6 +12,7 @@ from .. import targets
 from ..attribution import Attribution
 from ..engine import iter_class_jacobian, layer_name, layer_output, outputs
 from ._request import describe
+from .records import MethodRecord, Option
 
 __all__ = ["gradcam"]
 
@@ -110,7 +111,30 @@ def gradcam(
         "max_memory": max_memory,
     }
     scores = outputs(model, x, output=output, **kw)
-    return Attribution(cam, torch.cat(ids, 1), scores, "gradcam", params)
+    rows = targets.resolve(classes, scores) if isinstance(classes, targets.Contrast) else None
+    negatives = None if rows is None else rows.neg
+    return Attribution(cam, torch.cat(ids, 1), scores, "gradcam", params, negatives=negatives)
+
+
+RECORDS = (
+    MethodRecord(
+        name="gradcam",
+        function=gradcam,
+        summary="a layer's activations weighted by their mean gradients (Grad-CAM)",
+        doc="methods/gradcam.md",
+        options=(
+            Option(
+                name="layer",
+                type=str,
+                required=True,
+                help="the module whose output Grad-CAM weighs, by its dotted name "
+                "(e.g. features.3)",
+            ),
+        ),
+        provides=(),
+        needs_layer=True,
+    ),
+)
 
 
 def _size(size, x: torch.Tensor, acts: torch.Tensor) -> tuple[int, ...] | None:

@@ -11,6 +11,7 @@ from ..attribution import Attribution
 from ..engine import evaluate, layer_name
 from ._request import describe
 from ._stream import writable
+from .records import MethodRecord
 
 __all__ = ["gradients"]
 
@@ -98,4 +99,22 @@ def gradients(
     }
     if layer is not None:
         params["layer"] = layer_name(model, layer)
-    return Attribution(values, r.classes, r.outputs, "gradients", params)
+    rows = targets.resolve(classes, r.outputs) if isinstance(classes, targets.Contrast) else None
+    negatives = None if rows is None else rows.neg
+    return Attribution(values, r.classes, r.outputs, "gradients", params, negatives=negatives)
+
+
+RECORDS = (
+    MethodRecord(
+        name="gradients",
+        function=gradients,
+        summary="input gradients d F_k / d x of every class, one shared forward pass",
+        doc="methods/gradients.md",
+        provides=("input_maps", "gradients"),
+        loses={
+            "times_input": ("gradients",),
+            "abs": ("gradients",),
+            "layer": ("gradients", "input_maps"),
+        },
+    ),
+)

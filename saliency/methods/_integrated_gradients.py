@@ -14,6 +14,7 @@ from ._adaptive import refine
 from ._quadrature import quadrature
 from ._request import Request, describe, generator
 from .baselines import make_baseline, make_layer_baseline
+from .records import MethodRecord, Option
 
 __all__ = ["integrated_gradients"]
 
@@ -130,8 +131,29 @@ def integrated_gradients(
     values = integral.mul_(path.diff.unsqueeze(1))
     delta = values.flatten(2).sum(-1) - gap
     return Attribution(
-        values, req.rows.ids, req.outputs, "integrated_gradients", req.params(**params), delta
+        values,
+        req.rows.ids,
+        req.outputs,
+        "integrated_gradients",
+        req.params(**params),
+        delta,
+        negatives=req.rows.neg,
     )
+
+
+RECORDS = (
+    MethodRecord(
+        name="integrated_gradients",
+        aliases=("ig",),
+        function=integrated_gradients,
+        summary="gradients integrated along a path from a baseline (Integrated Gradients)",
+        doc="methods/integrated-gradients.md",
+        options=(Option(name="steps", type=int, default=50, minimum=1, help="path points"),),
+        provides=("input_maps", "delta"),
+        loses={"layer": ("input_maps",)},
+        seed=True,
+    ),
+)
 
 
 class _Path:

@@ -13,6 +13,7 @@ from ..attribution import Attribution
 from . import _stream
 from ._gradients import gradients
 from ._request import Request, generator
+from .records import MethodRecord, Option
 
 __all__ = ["smoothgrad"]
 
@@ -181,7 +182,33 @@ def smoothgrad(
         method=inner_info[0],
         method_params={k: v for k, v in inner_info[1].items() if k not in _SHARED},
     )
-    return Attribution(values, req.rows.ids, req.outputs, "smoothgrad", params)
+    return Attribution(
+        values, req.rows.ids, req.outputs, "smoothgrad", params, negatives=req.rows.neg
+    )
+
+
+RECORDS = (
+    MethodRecord(
+        name="smoothgrad",
+        function=smoothgrad,
+        summary="gradients averaged over noisy copies of each input (SmoothGrad)",
+        doc="methods/smoothgrad.md",
+        options=(
+            Option(
+                name="n_samples", type=int, default=50, minimum=1, help="noisy copies per input"
+            ),
+            Option(
+                name="noise",
+                type=float,
+                default=0.15,
+                minimum=0,
+                help="noise standard deviation, a fraction of each input's value range",
+            ),
+        ),
+        loses={"layer": ("input_maps",)},
+        seed=True,
+    ),
+)
 
 
 def _std(x: torch.Tensor, noise: float | None, noise_std: float | None) -> torch.Tensor:

@@ -18,8 +18,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from saliency.methods import records as method_records
 from saliency.targets import Contrast, TopK
 
+from .. import records as metric_records
 from . import methods as method_specs
 from . import metrics as metric_specs
 from .sources import Source
@@ -152,25 +154,24 @@ def rows_per_sample(classes: object, n_outputs: int) -> int:
     return 1
 
 
-def misfit(metric: str, spec: method_specs.MethodSpec) -> str | None:
+def misfit(metric: str | metric_specs.MetricSpec, spec: method_specs.MethodSpec) -> str | None:
     """Why ``metric`` cannot measure what method ``spec`` gives, or None when it can (or when
-    ``spec`` is a callable of unknown kind, whose result only the run can tell)."""
-    kind = method_specs.kind(spec)
-    if kind is None:
+    ``spec`` is a callable of unknown kind, whose result only the run can tell): the metric
+    record's ``needs`` against what the method's record gives, with the options its partials
+    set."""
+    record = metric.record if isinstance(metric, metric_specs.MetricSpec) else _metric(metric)
+    given = method_specs.gives(spec)
+    if given is None:
         return None
-    if metric == "completeness" and kind != "integrated_gradients":
-        return (
-            "it needs the completeness gap (Attribution.delta) that only integrated gradients "
-            "record"
-        )
-    if metric == "margins":
-        options = [o for o in ("times_input", "abs", "layer") if method_specs.bound(spec, o)]
-        if kind != "gradients" or options:
-            return (
-                "it needs plain input gradients (saliency.gradients without times_input, abs "
-                "or layer)"
-            )
-    return None
+    missing = [need for need in record.needs if need not in given]
+    if not missing:
+        return None
+    need = missing[0]
+    able = [r.name for r in method_records.methods() if need in r.provides]
+    return (
+        f"it needs {method_records.PROVIDES[need]}, which {_what(spec)} does not give "
+        f"(methods that do: {', '.join(able) or 'none'})"
+    )
 
 
 def check_fit(
@@ -180,36 +181,47 @@ def check_fit(
     n_outputs: int,
     shape: Sequence[int],
 ) -> None:
-    """Refuse, before anything runs, a metric that cannot measure a method's rows: too few
-    classes per sample, the wrong method, or samples that are not images."""
+    """Refuse, before anything runs, a metric that cannot measure a method's rows: what the
+    method gives, the classes per sample and the kind of samples, as each metric's record
+    says."""
     k = rows_per_sample(classes, n_outputs)
     asked = f"classes={_described(classes)} gives {k} per sample"
     for spec in methods:
-        for metric in (m.name for m in metrics[spec.name]):
+        for metric in metrics[spec.name]:
+            record = metric.record
             reason = misfit(metric, spec)
             if reason is not None:
                 raise ValueError(
-                    f"metrics: {metric!r} cannot measure method {spec.name!r} "
+                    f"metrics: {metric.name!r} cannot measure method {spec.name!r} "
                     f"({method_specs.kind(spec)}): {reason}; give each method its own metrics, "
                     f"e.g. metrics={{{spec.name!r}: [...], ...}}"
                 )
-            if metric == "class_sensitivity" and k < 2:
+            if record.rows == "several" and k < 2:
                 raise ValueError(
-                    "metrics: 'class_sensitivity' compares each sample's classes and needs 2 or "
+                    f"metrics: {metric.name!r} compares each sample's classes and needs 2 or "
                     f"more per sample, but {asked}; ask for more classes or leave "
-                    "class_sensitivity out"
+                    f"{metric.name} out"
                 )
-            if metric == "margins" and not _every_class(classes, n_outputs):
+            if record.rows == "all" and not _every_class(classes, n_outputs):
                 raise ValueError(
-                    "metrics: 'margins' compares every class with each sample's own and needs "
-                    f"all {n_outputs} classes of the model (classes=None), but {asked}"
+                    f"metrics: {metric.name!r} compares every class with each sample's own and "
+                    f"needs all {n_outputs} classes of the model (classes=None), but {asked}"
                 )
-            if metric == "road" and len(shape) != 3:
+            if record.inputs == "images" and len(shape) != 3:
                 raise ValueError(
-                    "metrics: 'road' imputes removed pixels from their neighbours and needs "
-                    f"images [C, H, W], but the data's samples have shape {list(shape)}; use "
-                    "deletion or insertion"
+                    f"metrics: {metric.name!r} needs images [C, H, W], but the data's samples "
+                    f"have shape {list(shape)}; use a metric for any inputs, such as deletion "
+                    "or insertion"
                 )
+
+
+def _metric(name: str) -> metric_records.MetricRecord:
+    return metric_records.metric(name)
+
+
+def _what(spec: method_specs.MethodSpec) -> str:
+    bound = [o for o in spec.record.loses if method_specs.bound(spec, o) not in (None, False)]
+    return spec.record.name + (f" with {', '.join(bound)}" if bound else "")
 
 
 def _every_class(classes: object, n_outputs: int) -> bool:

@@ -1,9 +1,12 @@
 """Explanation methods for a run: by name or as callables, called with fixed seeds and strategy.
 
-Every method follows :class:`saliency.methods.Method`. A run hands each call a seed derived from
-the run's seed and the shard (when the method takes ``seed`` and it is not already fixed), and
-this package's methods a strategy fixed once per run, so that a shard computed again, by any
-rank, in any launch, gives the same bytes.
+Every method follows :class:`saliency.methods.Method`. A method of the records
+(:mod:`saliency.methods.records`), by name or as a ``functools.partial`` of its function, brings
+its record: whether it takes a seed, whether it runs the engine (and so takes a strategy,
+pinned once per run) and what its Attribution gives the metrics. A run hands each call a seed
+derived from the run's seed and the shard (when the method takes ``seed`` and it is not already
+fixed), and every engine-backed method the run's pinned strategy, so that a shard computed
+again, by any rank, in any launch, gives the same bytes.
 
 Examples
 --------
@@ -11,6 +14,10 @@ Examples
 ['gradients', 'ig']
 >>> resolve("smoothgrad")[0].takes_seed, resolve("gradients")[0].takes_seed
 (True, False)
+>>> import functools, saliency
+>>> spec = resolve({"cam": functools.partial(saliency.gradcam, layer="features.3")})[0]
+>>> spec.record.name, spec.takes_strategy
+('gradcam', True)
 """
 
 from __future__ import annotations
@@ -22,30 +29,29 @@ from dataclasses import dataclass
 
 import torch
 
-import saliency
+from saliency._records import suggest
 from saliency.attribution import Attribution
-from saliency.methods import gradients, integrated_gradients, smoothgrad
+from saliency.methods import records
 
-__all__ = ["MethodSpec", "bound", "call", "kind", "names", "resolve"]
-
-_OURS = (gradients, smoothgrad, integrated_gradients)
-_ALIASES = {"ig": "integrated_gradients"}
+__all__ = ["MethodSpec", "bound", "call", "gives", "kind", "names", "resolve"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method of a run: the name its rows carry and how to call it."""
+    """One method of a run: the name its rows carry, how to call it, and its record (None for
+    a callable of unknown kind)."""
 
     name: str
     func: Callable[..., Attribution]
     takes_seed: bool
     takes_strategy: bool
+    record: records.MethodRecord | None = None
 
 
 def names() -> list[str]:
-    """The method names a run accepts."""
-    found = ["gradients", "smoothgrad", "integrated_gradients", "ig"]
-    return found + (["gradcam"] if callable(getattr(saliency, "gradcam", None)) else [])
+    """The method names (and aliases) a run accepts by name alone: not those that need
+    ``layer`` (give those as a ``functools.partial`` of the function with its layer)."""
+    return [w for r in records.methods() if not r.needs_layer for w in r.words]
 
 
 def resolve(methods: object) -> list[MethodSpec]:
@@ -75,7 +81,12 @@ def resolve(methods: object) -> list[MethodSpec]:
                 f"{type(func).__name__}"
             )
         seen.add(name)
-        specs.append(MethodSpec(name, func, _takes(func, "seed"), _base(func) in _OURS))
+        record = records.of(func)
+        if record is None:  # a callable of the caller's: its signature tells about the seed
+            specs.append(MethodSpec(name, func, _takes(func, "seed"), False))
+        else:
+            seed = record.seed and not _fixed(func, "seed")
+            specs.append(MethodSpec(name, func, seed, record.engine, record))
     return specs
 
 
@@ -113,10 +124,18 @@ def call(
 
 
 def kind(spec: MethodSpec) -> str | None:
-    """Which of this package's methods ``spec`` calls (``"gradients"``, ``"smoothgrad"``,
-    ``"integrated_gradients"``), through any partials; None for any other callable."""
-    base = _base(spec.func)
-    return base.__name__ if base in _OURS else None
+    """The name of the method of the records that ``spec`` calls (``"gradients"``, ...),
+    through any partials; None for any other callable."""
+    return None if spec.record is None else spec.record.name
+
+
+def gives(spec: MethodSpec) -> set[str] | None:
+    """What the Attribution of ``spec`` gives the metrics (keys of
+    :data:`saliency.methods.records.PROVIDES`), with the options its partials set; None for a
+    callable of unknown kind."""
+    if spec.record is None:
+        return None
+    return spec.record.gives({name: bound(spec, name) for name in spec.record.loses})
 
 
 def bound(spec: MethodSpec, name: str) -> object:
@@ -133,19 +152,19 @@ def bound(spec: MethodSpec, name: str) -> object:
 def _named(name: object) -> Callable[..., Attribution]:
     if not isinstance(name, str):
         raise TypeError(f"methods: expected method names, got {name!r}")
-    key = _ALIASES.get(name, name)
-    if key not in names():
+    record = records.find(name)
+    if record is None:
         raise ValueError(
-            f"methods: unknown method {name!r}; expected one of {names()} or a dict "
+            f"methods: unknown method {name!r}{suggest(name, names())}, or give a dict "
             "name -> method callable"
         )
-    return getattr(saliency, key)
-
-
-def _base(func: Callable) -> Callable:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return func
+    if record.needs_layer:
+        raise ValueError(
+            f"methods: {name!r} needs the layer it explains, which a name cannot carry; give "
+            f"methods={{{name!r}: functools.partial(saliency.{record.function.__name__}, "
+            "layer='features.3')} with your model's module name"
+        )
+    return record.function
 
 
 def _fixed(func: Callable, name: str) -> bool:

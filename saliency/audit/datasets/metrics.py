@@ -1,11 +1,10 @@
 """The metrics of a run, behind one small interface: a batch in, per-(sample, class) columns out.
 
-A metric is a function of a :class:`Batch` (the model, the inputs, the labels, one method's
-Attribution and the method itself) returning named tensors ``[n, K]`` (one value per sample and
-class) or ``[n]`` (one per sample). One is computed here from the Attribution alone
-(``norms``); every other name is a metric function of :mod:`saliency.audit`, called with the
-arguments its signature asks for (``model``, ``x``, ``attribution``, ``method``, ``labels``,
-``output``, ``max_memory``, ``seed``), whose result's tensor fields become columns.
+Every metric of a run is a record of :mod:`saliency.audit.records`: its function is called with
+the arguments its signature names (``model``, ``x``, ``attribution``, ``method``, ``labels``,
+``output``, ``max_memory``, ``seed``) and the run's ``metric_options``, and the record's columns
+are read off its result, as tensors ``[n, K]`` (one value per sample and class) or ``[n]`` (one
+per sample).
 
 Examples
 --------
@@ -28,26 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
+from saliency._records import suggest
 from saliency.attribution import Attribution
 
-__all__ = ["Batch", "MetricSpec", "available", "resolve"]
+from .. import records
 
-# Metrics of saliency.audit that judge a model, not a sample: one call, never per shard.
-_NOT_PER_SAMPLE = {
-    "randomization_test": "randomises the model layer by layer, a check of the model and method "
-    "rather than of each sample; run it once on a batch (saliency.audit.randomization_test)",
-}
-# Which way is good, for the columns whose direction is known: "worst" and "best" samples are
-# listed for these, "lowest" and "highest" for every column.
-_BETTER: dict[str, dict[str, str]] = {
-    "class_sensitivity": {"mean_other": "lower", "off_diagonal": "lower"},
-    "deletion": {"auc": "lower", "normalized_auc": "lower"},
-    "insertion": {"auc": "higher", "normalized_auc": "higher"},
-    "road": {"auc": "lower", "normalized_auc": "lower"},  # MoRF, its default; LeRF: higher
-    "infidelity": {"infidelity": "lower"},
-    "sensitivity_max": {"sensitivity": "lower"},
-    "completeness": {"abs_gap": "lower", "relative_gap": "lower"},
-}
+__all__ = ["Batch", "MetricSpec", "available", "columns", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -66,16 +51,17 @@ class Batch:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric of a run: its name, how to compute its columns, and which way is better."""
+    """A metric of a run: its record, how to compute its columns, and which way is better."""
 
     name: str
     compute: Callable[[Batch], dict[str, torch.Tensor]]
     better: Mapping[str, str]
+    record: records.MetricRecord
 
 
 def available() -> list[str]:
-    """The metric names a run accepts now (the package's metrics as they land)."""
-    return sorted({*_BUILTIN, *_external_names()})
+    """The metric names a run accepts: those of the records a run can compute."""
+    return sorted(records.names(in_runs=True))
 
 
 def resolve(metrics: object, options: Mapping[str, Mapping] | None = None) -> list[MetricSpec]:
@@ -94,66 +80,25 @@ def resolve(metrics: object, options: Mapping[str, Mapping] | None = None) -> li
         raise ValueError(f"metric_options: {unknown} are not among metrics {list(metrics)}")
     specs = []
     for name in metrics:
-        if name in _NOT_PER_SAMPLE:
+        record = records.find(name)
+        if record is None:
+            raise ValueError(f"metrics: unknown metric {name!r}{suggest(name, available())}")
+        if record.not_in_runs:
             raise ValueError(
-                f"metrics: {name!r} is not a per-sample metric: it {_NOT_PER_SAMPLE[name]}"
+                f"metrics: {name!r} is not a per-sample metric: it {record.not_in_runs}"
             )
         extra = dict(options.get(name, {}))
-        if name in _BUILTIN:
-            if extra:
-                raise ValueError(f"metric_options[{name!r}]: {name!r} takes no options")
-            compute = _BUILTIN[name]
-        elif name in _external_names():
-            compute = _external(name, extra)
-        else:
-            raise ValueError(f"metrics: unknown metric {name!r}; expected some of {available()}")
-        better = dict(_BETTER.get(name, {}))
-        if name == "road" and extra.get("order") == "lerf":
-            better = {field: "higher" for field in better}
-        specs.append(MetricSpec(name, compute, better))
+        specs.append(MetricSpec(name, _compute(record, extra), record.better(extra), record))
     return specs
 
 
-# -- computed here ---------------------------------------------------------------------------------
+# -- calling a metric ------------------------------------------------------------------------
 
 
-def _norms(b: Batch) -> dict[str, torch.Tensor]:
-    flat = b.attribution.values.detach().flatten(2)
-    return {"l1": flat.abs().sum(-1), "l2": flat.norm(dim=-1)}
-
-
-_BUILTIN: dict[str, Callable[[Batch], dict[str, torch.Tensor]]] = {
-    "norms": _norms,
-}
-
-
-# -- the metrics of saliency.audit -------------------------------------------------------------
-
-
-def _external_names() -> list[str]:
-    from saliency import audit  # above this module: looked up when a run starts
-
-    found = []
-    for name in getattr(audit, "__all__", []):
-        func = getattr(audit, name, None)
-        takes = _parameters(func) if inspect.isfunction(func) else set()
-        # A metric takes an Attribution or a method; the rest of saliency.audit is tooling.
-        if name not in _NOT_PER_SAMPLE and name != "run" and takes & {"attribution", "method"}:
-            found.append(name)
-    return found
-
-
-def _parameters(func: Callable) -> set[str]:
-    try:
-        return set(inspect.signature(func).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _external(name: str, options: dict) -> Callable[[Batch], dict[str, torch.Tensor]]:
-    from saliency import audit
-
-    func = getattr(audit, name)
+def _compute(
+    record: records.MetricRecord, options: dict
+) -> Callable[[Batch], dict[str, torch.Tensor]]:
+    name, func = record.name, record.function
     parameters = inspect.signature(func).parameters
 
     def compute(b: Batch) -> dict[str, torch.Tensor]:
@@ -194,13 +139,17 @@ def _external(name: str, options: dict) -> Callable[[Batch], dict[str, torch.Ten
         unknown = sorted(set(options) - set(parameters))
         if unknown:
             raise TypeError(f"metric_options[{name!r}]: {name} takes no {unknown}")
-        return columns(name, func(*args, **kwargs), b.attribution)
+        return columns(record, func(*args, **kwargs), b.attribution)
 
     return compute
 
 
-def columns(name: str, result: object, attribution: Attribution) -> dict[str, torch.Tensor]:
-    """The tensor fields of a metric's result that hold one value per row or per sample."""
+def columns(
+    record: records.MetricRecord, result: object, attribution: Attribution
+) -> dict[str, torch.Tensor]:
+    """The record's columns of a metric's result: one value per row or per sample each (a
+    column the result leaves at None, an option's doing, is left out)."""
+    name = record.name
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
         fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
     elif isinstance(result, Mapping):
@@ -212,14 +161,20 @@ def columns(name: str, result: object, attribution: Attribution) -> dict[str, to
         )
     n, k = attribution.classes.shape
     out = {}
-    for field, value in fields.items():
-        if field == "classes" or not isinstance(value, torch.Tensor):
+    for column in record.columns:
+        if column not in fields:
+            raise ValueError(
+                f"metrics: {name!r} returned no field {column!r}, a column of its record "
+                f"(it returned {sorted(fields)})"
+            )
+        value = fields[column]
+        if value is None:
             continue
-        if tuple(value.shape) in ((n, k), (n,)):
-            out[field] = value.detach()
-    if not out:
-        raise ValueError(
-            f"metrics: {name!r} returned no tensor of one value per sample and class "
-            f"([{n}, {k}]) or per sample ([{n}])"
-        )
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) not in ((n, k), (n,)):
+            what = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"metrics: {name!r} returned {column} {what}; a column holds one value per "
+                f"sample and class ([{n}, {k}]) or per sample ([{n}])"
+            )
+        out[column] = value.detach()
     return out

@@ -578,7 +578,12 @@ class _Job:
                     f"methods: {spec.name!r} returned outputs holding NaN or inf for samples "
                     f"{first}-{self.plan[i].stop - 1}"
                 )
-            columns = {"score": a.outputs.detach().gather(1, a.classes.to(a.outputs.device))}
+            out = a.outputs.detach()
+            score = out.gather(1, a.classes.to(out.device))
+            if a.contrasted:  # the row's score is the difference it explains
+                neg = a.negatives.to(out.device)
+                score = score - torch.where(neg >= 0, out.gather(1, neg.clamp(min=0)), 0)
+            columns = {"score": score}
             batch = metric_specs.Batch(
                 self.model,
                 xs,
