@@ -183,6 +183,17 @@ def run_case(size, model, tok, length, method, rounds, names):
     return row, {n: statistics.median(t) for n, t in times.items()}, first
 
 
+def warm_up(tok) -> None:
+    """One untimed run of everything on a throwaway model: the process's one-time costs (imports,
+    first kernels) are not a model's first call."""
+    model = build("tiny")
+    prompt, continuation = tokens(PROMPT, 4)
+    for method in ("gradients", "integrated_gradients"):
+        fns = runners(model, method, prompt, continuation, tok)
+        for name in ("ours", "Inseq", "Captum"):
+            fns[name]()
+
+
 def long_context(tok) -> list[list[str]]:
     prompt_len, generated, budget = LONG
     model = build("long")
@@ -224,6 +235,7 @@ def main() -> None:
     sizes = ["tiny"] if args.quick else args.sizes.split(",")
     lengths = (16, 64) if args.quick else LENGTHS
     load_before, start = os.getloadavg()[0], time.perf_counter()
+    warm_up(tok)
     rows, results = [], {}
     for size in sizes:
         model = build(size)
