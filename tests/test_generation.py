@@ -556,3 +556,43 @@ def test_result_selects_saves_loads_and_merges(tmp_path):
     with pytest.raises(ValueError, match="spans: range \\(5, 9\\)"):
         merge(a, [(5, 9)])
     assert torch.equal(a.top_sources(2)[..., 0], a.scores.argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["bart", "marian"])
+def test_other_encoder_decoders_and_their_embedding_scales(name):
+    common = dict(
+        vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_position_embeddings=32, scale_embedding=True, eos_token_id=EOS,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if name == "bart":  # scales inside its embedding module
+        cfg = transformers.BartConfig(**common, pad_token_id=1, decoder_start_token_id=EOS)
+        model = transformers.BartForConditionalGeneration(cfg).eval()
+    else:  # scales after the module: the encoder only for ids, the decoder always
+        cfg = transformers.MarianConfig(**common, pad_token_id=PAD, decoder_start_token_id=PAD)
+        model = transformers.MarianMTModel(cfg).eval()
+    src = ids(2, 5, seed=30)
+    a = saliency.explain_generation(
+        model, src, generated=ids(2, 3, seed=31), method="x_input", keep_values=True
+    )
+    # Gradient x input by hand for step 1, from the ids: hooks on both embedding calls.
+    embeds = []
+
+    def keep(module, args, output):
+        e = output.detach().requires_grad_()
+        embeds.append(e)
+        return e
+
+    parts = (model.get_encoder(), model.get_decoder())
+    modules = {id(p.embed_tokens): p.embed_tokens for p in parts}  # often one, shared
+    handles = [m.register_forward_hook(keep) for m in modules.values()]
+    out = model(input_ids=src, decoder_input_ids=a.ids[:, :2]).logits[:, -1].softmax(-1)
+    for h in handles:
+        h.remove()
+    f = out.gather(1, a.generated[:, 1:2]).sum()
+    grads = torch.autograd.grad(f, embeds)
+    # The encoder's call comes first. Gradient x input is the same before or after a scale:
+    # d/d(s e) . (s e) = d/de . e.
+    by_hand = (grads[0] * embeds[0]).sum(-1)
+    torch.testing.assert_close(a.source_scores[:, 1], by_hand, rtol=1e-4, atol=1e-6)

@@ -46,16 +46,21 @@ def left_aligned(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
 def _huggingface(model, kind, ids, mask, max_new_tokens, eos) -> torch.Tensor:
     if kind == "decoder":
         ids, mask = left_aligned(ids, mask)
-    # A copy of the model's settings, greedy, stopping exactly at ``eos`` (none: never).
+    # A copy of the model's settings, greedy, stopping exactly at ``eos``. None would fall back
+    # to the model's own end token, so "never stop" is an id no logit can produce, and no end
+    # token is forced either.
     config = copy.deepcopy(model.generation_config)
     pad = config.pad_token_id
     if pad is None:
         pad = min(eos) if eos else 0
+    never = [int(getattr(model.config, "vocab_size", 0) or 0) + 1]
     config.update(
         max_new_tokens=max_new_tokens, min_new_tokens=0, max_length=None, do_sample=False,
-        num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) if eos else None,
+        num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) if eos else never,
         temperature=None, top_p=None, top_k=None,
     )  # fmt: skip
+    if not eos:
+        config.forced_eos_token_id = None
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     if not isinstance(out, torch.Tensor):

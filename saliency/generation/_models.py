@@ -11,6 +11,7 @@ guards).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -190,20 +191,22 @@ class Seq2Seq:
         # Guarded: a random model is refused here, with its true cause.
         with_ids = {**kwargs, "decoder_input_ids": ctx.ids[:1]}
         want = _logits(_Seq2SeqIds(self.model), ctx.source_ids[:1], with_ids)
-        candidates = [1.0]
-        for part in (self.encoder, self.decoder):
+        # Each part may scale its embeddings after the module, and only when given ids (Marian's
+        # encoder) or always (its decoder): try the scales it has, part by part.
+        scales = [[1.0] for _ in range(2)]
+        for options, part in zip(scales, (self.encoder, self.decoder), strict=True):
             s = getattr(part, "embed_scale", None)
-            if isinstance(s, int | float) and s not in candidates:
-                candidates.append(float(s))
-        for scale in candidates:
-            src = self._embed(self.encoder, ctx.source_ids, scale)
-            dec = self._embed(self.decoder, ctx.ids, scale)
+            if isinstance(s, int | float) and float(s) != 1.0:
+                options.append(float(s))
+        for src_scale, dec_scale in itertools.product(*scales):
+            src = self._embed(self.encoder, ctx.source_ids, src_scale)
+            dec = self._embed(self.decoder, ctx.ids, dec_scale)
             with torch.no_grad():
                 got = scores_of(
                     self.model(inputs_embeds=src[:1], decoder_inputs_embeds=dec[:1], **kwargs)
                 )
             if torch.allclose(got, want, rtol=1e-4, atol=1e-5):
-                self.scale, self.src, self.dec = scale, src, dec
+                self.scales, self.src, self.dec = (src_scale, dec_scale), src, dec
                 self.width = src.shape[-1]
                 self.source_length = src.shape[1]
                 return
@@ -245,9 +248,9 @@ class Seq2Seq:
         else:
             src_b = dec_b = baseline
         parts = []
-        for name, b, ids, part in (
-            ("source", src_b, ctx.source_ids, self.encoder),
-            ("decoder", dec_b, ctx.ids, self.decoder),
+        for name, b, ids, part, scale in (
+            ("source", src_b, ctx.source_ids, self.encoder, self.scales[0]),
+            ("decoder", dec_b, ctx.ids, self.decoder, self.scales[1]),
         ):
             if isinstance(b, int) and not isinstance(b, bool):
                 b = torch.full_like(ids, b)
@@ -256,7 +259,7 @@ class Seq2Seq:
                     f"baseline: the {name} baseline must be a token id or ids shaped like "
                     f"{list(ids.shape)}, got {b!r}"
                 )
-            parts.append(self._embed(part, b, self.scale))
+            parts.append(self._embed(part, b, scale))
         return torch.cat([parts[0], parts[1][:, :length]], 1)
 
 
