@@ -66,6 +66,9 @@ def hit_rates(n: int = N, methods: dict = METHODS) -> list[list[str]]:
         seen = a.attention_mask.bool()[:, None, :] & (cols < a.columns[:, None])
         cells = []
         for scores in (a.values.norm(dim=-1), a.values.sum(-1)):  # reduce="norm", "sum"
+            if method in ("gradients", "smoothgrad") and len(cells) == 1:
+                cells.append("(no meaning)")  # the sum of a gradient's components
+                continue
             top = torch.where(seen, scores, -torch.inf).argmax(-1)
             cells.append(f"{100 * float((top == sources)[known].float().mean()):.1f} %")
         chance = 100 * float((1 / seen.sum(-1).float())[known].mean())
