@@ -24,6 +24,9 @@ lint:
 test: setup-dev lint
 	$(PY) -m pytest -q
 
+# The site, in site/ (open site/index.html): its pictures are drawn and its notebooks run from the
+# current code by docs/_scripts/ (cached in .docs-cache/ under a hash of their inputs). The
+# audit report's screenshot needs Chromium (apt-get install chromium).
 docs: setup-dev
 	$(PY) -m mkdocs build --strict
 

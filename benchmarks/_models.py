@@ -28,12 +28,12 @@ def _seeded(seed: int, build):
     return model.eval()
 
 
-def mlp(seed: int = 0) -> nn.Module:
-    """MLP 30-64-64-10 with ReLU."""
+def mlp(seed: int = 0, classes: int = 10) -> nn.Module:
+    """MLP 30-64-64-10 with ReLU (``classes`` outputs)."""
     return _seeded(
         seed,
         lambda: nn.Sequential(
-            nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+            nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes)
         ),
     )
 
@@ -123,14 +123,14 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
-def resnet64(seed: int = 0) -> nn.Module:
-    """Small ResNet on 3x64x64, 100 classes: stages 16/32/64, GAP, linear 64->100."""
+def resnet64(seed: int = 0, classes: int = 100) -> nn.Module:
+    """Small ResNet on 3x64x64, 100 classes: stages 16/32/64, GAP, linear 64->100 (``classes``)."""
 
     def build():
         stem = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
         )
-        return ResNet([16, 32, 64], 100, stem)
+        return ResNet([16, 32, 64], classes, stem)
 
     return _seeded(seed, build)
 

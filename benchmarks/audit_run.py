@@ -39,7 +39,7 @@ import torch
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 sys.path.insert(1, str(_HERE.parent))  # run from a checkout without installing
-from _report import machine, table, write_section  # noqa: E402
+from _report import Target, machine, save_results, table, write_section  # noqa: E402
 
 import saliency  # noqa: E402
 import saliency.audit  # noqa: E402
@@ -145,7 +145,7 @@ def main() -> None:
     markdown = "\n\n".join(
         [
             "## Data-set audits: throughput and the cost of resumability "
-            "(`benchmarks/audit_run.py`)",
+            "(`benchmarks/audit_run.py`) {#audit-run}",
             f"Machine: {machine()}; 1-minute load average {load_before:.1f} before and "
             f"{load_after:.1f} after the run.",
             table(["configuration", "time (s)", "samples/s", "time vs in memory"], lines),
@@ -159,6 +159,16 @@ def main() -> None:
     )
     print(markdown)
     if not args.no_write:
+        target = Target(
+            "audit-run",
+            f"{n} digits, 1 process",
+            "audit.run / the same computation in memory",
+            "at most 1.10",
+            t["one"] / t["memory"],
+            overhead <= 0.10,
+            f"{min(rows['one']) / min(rows['memory']):.2f}",
+        )
+        save_results("audit-run", {"machine": machine(), "seconds": t, "targets": [target]})
         write_section("audit-run", markdown)
 
 

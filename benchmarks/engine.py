@@ -33,7 +33,14 @@ region whenever another process holds a core (one backward of the 3x32x32 CNN me
 slower with 2 threads than with 1 under a load average of 7), which drowns every ratio; pass
 ``--threads 0`` on an idle machine or a GPU host to keep torch's default.
 
-Run: ``python benchmarks/engine.py`` (a few minutes on 2 CPU cores; ``--help`` for options).
+The sweep (``--models sweep``) repeats Captum's loop, the plain loop and ``auto`` on an MLP and
+a small ResNet with 1 to 200 classes, for the chart of the speed-up against the number of classes.
+
+Results go to ``docs/img/benchmark-engine.json`` (the docs build draws its chart from it; cases
+not run keep their saved numbers) and the ``engine`` section of ``docs/benchmarks.md`` is
+rendered from that file.
+
+Run: ``python benchmarks/engine.py`` (about ten minutes on 2 CPU cores; ``--help`` for options).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +64,16 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 sys.path.insert(1, str(_HERE.parent))  # run from a checkout without installing
 from _models import MODELS, SPECS  # noqa: E402
-from _report import fmt_mb, fmt_ms, machine, median_time, peak_memory, table, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    Target,
+    load_results,
+    machine,
+    median_time,
+    peak_memory,
+    save_results,
+    table,
+    write_section,
+)
 
 import saliency  # noqa: E402
 from saliency.engine import auto as _auto  # noqa: E402
@@ -98,6 +115,7 @@ CASES = [
 class Row:
     label: str
     fn: Callable[[], object]
+    id: str = ""  # what the report and the targets look rows up by
     exact: bool = True
     times: list[float] = field(default_factory=list)
     memory: int | None = None
@@ -224,37 +242,51 @@ def held_rows(model: nn.Module, x: torch.Tensor, k: int, case: Case) -> list[Row
         return g.transpose(0, 1)
 
     rows = [
-        Row("user loop (1 forward + K autograd.grad)", user_loop),
-        Row("Captum Saliency, looped over classes", captum_loop),
-        Row("torch.func vmap(jacrev) per sample", vmap_jacrev),
-        Row("autograd.grad(is_grads_batched=True)", batched_grad),
+        Row(LABELS["user_loop"], user_loop, "user_loop"),
+        Row(LABELS["captum"], captum_loop, "captum"),
+        Row(LABELS["vmap_jacrev"], vmap_jacrev, "vmap_jacrev"),
+        Row(LABELS["batched_grad"], batched_grad, "batched_grad"),
     ]
     for name in _named(model, x, k):
         rows.append(
             Row(
-                f'engine strategy="{name}"',
+                f'strategy="{name}"',
                 lambda name=name: saliency.class_jacobian(model, x, strategy=name, max_memory=mm),
+                f"strategy:{name}",
             )
         )
     rows.append(
         Row(
-            LOOP_FIRST,
+            LABELS["loop_first"],
             lambda: _first(
                 lambda: saliency.class_jacobian(model, x, strategy="loop", max_memory=mm)
             ),
+            "loop_first",
         )
     )
     rows.append(
-        Row(FIRST, lambda: _first(lambda: saliency.class_jacobian(model, x, max_memory=mm)))
+        Row(
+            LABELS["auto_first"],
+            lambda: _first(lambda: saliency.class_jacobian(model, x, max_memory=mm)),
+            "auto_first",
+        )
     )
     rows.append(
-        Row('engine strategy="auto"', lambda: saliency.class_jacobian(model, x, max_memory=mm))
+        Row(LABELS["auto"], lambda: saliency.class_jacobian(model, x, max_memory=mm), "auto")
     )
     return rows
 
 
-FIRST = "auto, first call (forget_strategy_choices(), then the call)"
-LOOP_FIRST = 'engine strategy="loop", first call (after forget_strategy_choices())'
+# What each row is, for a reader who has not seen the code.
+LABELS = {
+    "user_loop": "plain loop: 1 forward, then K autograd.grad",
+    "captum": "Captum Saliency, one call per class",
+    "vmap_jacrev": "torch.func: vmap(jacrev) per sample",
+    "batched_grad": "autograd.grad(is_grads_batched=True)",
+    "loop_first": 'strategy="loop", first call on a new model',
+    "auto_first": "saliency, first call on a new model (measures, then decides)",
+    "auto": 'saliency, default strategy="auto"',
+}
 
 
 def _first(call: Callable[[], object]) -> object:
@@ -284,13 +316,15 @@ def stream_rows(model: nn.Module, x: torch.Tensor, k: int, case: Case) -> list[R
 
         return run
 
-    rows = [Row("user loop (1 forward + K autograd.grad), streamed", user_loop)]
+    rows = [Row(LABELS["user_loop"] + ", streamed", user_loop, "user_loop")]
     for name in ("loop", "head"):
         if name == "head" and not _ends_in_narrow_linear(model, x, k):
             continue
-        rows.append(Row(f'engine strategy="{name}", max_memory="1GB"', engine(name)))
-    rows.append(Row(FIRST, lambda sink: _first(lambda: engine("auto")(sink))))
-    rows.append(Row('engine strategy="auto", max_memory="1GB"', engine("auto")))
+        rows.append(Row(f'strategy="{name}"', engine(name), f"strategy:{name}"))
+    rows.append(
+        Row(LABELS["auto_first"], lambda sink: _first(lambda: engine("auto")(sink)), "auto_first")
+    )
+    rows.append(Row(LABELS["auto"], engine("auto"), "auto"))
     return rows
 
 
@@ -315,7 +349,7 @@ def run_case(case: Case, device: str, log) -> str:
     _auto.forget(model)
 
     rows = (stream_rows if case.stream else held_rows)(model, x, k, case)
-    auto_row, first_row = rows[-1], rows[-2]
+    first_row = rows[-2]
 
     # auto's very first call in this process for this model (the first_row repeats it).
     if case.stream:
@@ -324,7 +358,6 @@ def run_case(case: Case, device: str, log) -> str:
         _, first, _ = _timed_peak(first_row.fn, device)
     decisions = list(getattr(_auto, "_DECISIONS", {}).get(model, {}).values())
     picked = decisions[0] if len(decisions) == 1 else "?"
-    auto_row.label += f" (picked {picked})"
     log(f"  auto's first call {first:.3f}s, picked {picked}")
 
     # First call of every row: correctness against the user loop, peak memory, warm-up.
@@ -378,7 +411,7 @@ def run_case(case: Case, device: str, log) -> str:
         t_bwd.append(median_time(lambda r=r: backwards(r * n_bwd), repeat=1, warmup=0) / n_bwd)
     floor = statistics.median(t_fwd) + k * statistics.median(t_bwd)
 
-    return _report(case, rows, auto_row, first_row, floor, t_fwd, t_bwd, k)
+    return _result(case, rows, picked, floor, t_fwd, t_bwd, k, b)
 
 
 def _check(label: str, got, ref, stream: bool) -> None:
@@ -399,104 +432,370 @@ def _check(label: str, got, ref, stream: bool) -> None:
         raise AssertionError(f"{label}: differs from the user loop by {err:.3g} (> {ATOL})")
 
 
-def _report(case, rows, auto_row, first_row, floor, t_fwd, t_bwd, k) -> str:
-    fastest = min(r.time for r in rows if r.exact)
-    body = [
-        [
-            r.label,
-            fmt_ms(r.time),
-            f"{r.time / fastest:.2f}",
-            fmt_ms(min(r.times)),
-            fmt_mb(r.memory),
-            str(len(r.times)),
-        ]
-        for r in rows
+def _result(case, rows, picked, floor, t_fwd, t_bwd, k, b) -> dict:
+    """What one case measured, as the JSON the report and the docs' chart are drawn from."""
+    return {
+        "key": case.key,
+        "title": case.title,
+        "classes": k,
+        "batch": b,
+        "max_memory": case.max_memory,
+        "picked": picked,
+        "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "rows": [
+            {
+                "id": r.id,
+                "label": r.label,
+                "median_ms": r.time * 1e3,
+                "min_ms": min(r.times) * 1e3,
+                "peak_mb": None if r.memory is None else r.memory / 1e6,
+                "runs": len(r.times),
+            }
+            for r in rows
+        ],
+        "floor": {
+            "median_ms": floor * 1e3,
+            "min_ms": (min(t_fwd) + k * min(t_bwd)) * 1e3,
+            "forward_ms": statistics.median(t_fwd) * 1e3,
+            "backward_ms": statistics.median(t_bwd) * 1e3,
+            "runs": len(t_fwd),
+        },
+    }
+
+
+def _short_title(result: dict) -> str:
+    return result["title"].split(", B=")[0]
+
+
+def _row(result: dict, row_id: str) -> dict | None:
+    return next((r for r in result["rows"] if r["id"] == row_id), None)
+
+
+def targets(result: dict) -> list[Target]:
+    """The issue's goals for one case: auto against the best fixed strategy, the reverse-mode
+    floor and (where set) raw batched autograd and Captum; first calls against later ones."""
+    auto, first = _row(result, "auto"), _row(result, "auto_first")
+    named = [r for r in result["rows"] if r["id"].startswith("strategy:")]
+    best = min(named, key=lambda r: r["median_ms"])
+    best_min = min(named, key=lambda r: r["min_ms"])
+    floor = result["floor"]
+    case = f"{_short_title(result)}, K={result['classes']}"
+
+    def target(what, goal, value, value_min, ok, where=case) -> Target:
+        return Target("engine", where, what, goal, value, ok(value), f"{value_min:.2f}")
+
+    out = [
+        target(
+            "auto / best fixed strategy",
+            "at most 1.05",
+            auto["median_ms"] / best["median_ms"],
+            auto["min_ms"] / best_min["min_ms"],
+            lambda v: v <= 1.05,
+            f"{case} ({best['id'].split(':')[1]})",
+        ),
+        target(
+            "auto / reverse-mode floor (1 forward + K backward)",
+            "at most 1.05",
+            auto["median_ms"] / floor["median_ms"],
+            auto["min_ms"] / floor["min_ms"],
+            lambda v: v <= 1.05,
+        ),
+        target(
+            "first call / best fixed strategy",
+            "at most 1.3",
+            first["median_ms"] / best["median_ms"],
+            first["min_ms"] / best_min["min_ms"],
+            lambda v: v <= 1.3,
+        ),
     ]
+    batched = _row(result, "batched_grad")
+    if batched is not None and result["key"] == "mlp":
+        out.append(
+            target(
+                "auto / autograd.grad(is_grads_batched=True)",
+                "at most 1.1",
+                auto["median_ms"] / batched["median_ms"],
+                auto["min_ms"] / batched["min_ms"],
+                lambda v: v <= 1.1,
+            )
+        )
+    captum = _row(result, "captum")
+    need = {"mlp": 10.0, "cnn32": 2.0}.get(result["key"])
+    if captum is not None and need is not None:
+        out.append(
+            target(
+                "speed-up over Captum",
+                f"at least {need:g}",
+                captum["median_ms"] / auto["median_ms"],
+                captum["min_ms"] / auto["min_ms"],
+                lambda v, need=need: v >= need,
+            )
+        )
+    if result["max_memory"] is not None:
+        budget = parse_memory(result["max_memory"]) / 1e6
+        for r in [*named, first, auto]:
+            peak = r["peak_mb"]
+            out.append(
+                Target(
+                    "engine",
+                    f"{case}, {_short(r)}",
+                    f"peak extra memory / max_memory={result['max_memory']}",
+                    "at most 1",
+                    (peak if peak is not None else float("nan")) / budget,
+                    peak is not None and peak <= budget,
+                    f"{fmt_mb(peak)} MB",
+                )
+            )
+    return out
+
+
+def _short(row: dict) -> str:
+    return {"auto": "auto", "auto_first": "the first call"}.get(row["id"], row["label"])
+
+
+def fmt_mb(mb: float | None) -> str:
+    return "n/a" if mb is None else f"{mb:.1f}"
+
+
+def render(results: dict) -> str:
+    """The engine's section of docs/benchmarks.md, from the saved results."""
+    cases = [results["cases"][c.key] for c in CASES if c.key in results.get("cases", {})]
+    md = [
+        "## Engine: every class at once, against Captum and a plain loop {#engine}",
+        f"Machine: {results['machine']}. Produced by `python benchmarks/engine.py`; "
+        "the numbers are also in `docs/img/benchmark-engine.json`.",
+    ]
+    head = []
+    for r in cases:
+        auto, captum, loop = _row(r, "auto"), _row(r, "captum"), _row(r, "user_loop")
+        head.append(
+            [
+                _short_title(r),
+                str(r["classes"]),
+                _ms(captum),
+                _ms(loop),
+                _ms(auto),
+                _ratio(captum, auto),
+                _ratio(loop, auto),
+            ]
+        )
+    md.append(
+        table(
+            [
+                "model",
+                "classes",
+                "Captum, one call per class (ms)",
+                "plain loop (ms)",
+                "saliency (ms)",
+                "faster than Captum",
+                "faster than the loop",
+            ],
+            head,
+        )
+    )
+    md.append(
+        "Median times of one call that returns the Jacobian of every class for the whole "
+        "batch (the batch sizes are in the titles below). The plain loop is what most code "
+        "writes: one forward pass, then one `torch.autograd.grad` per class. Captum's "
+        "`Saliency` runs a forward *and* a backward pass per class. `saliency` is "
+        '`saliency.class_jacobian(model, x)` with its default `strategy="auto"`, after its '
+        "first call on the model ([first calls](#engine-details) are measured too). Every row "
+        "computes the same numbers, checked against the loop to 1e-5 before timing."
+    )
+    sweep = results.get("sweep")
+    if sweep:
+        md.append(
+            "![Speed-up of saliency over Captum and over a plain loop, against the number of "
+            "classes](img/generated/benchmark-engine.png)"
+        )
+        md.append(_sweep_text(sweep))
+    return "\n\n".join(md) + "\n"
+
+
+def render_details(results: dict) -> str:
+    """The per-model tables: every way to get the same Jacobian, timed side by side."""
+    cases = [results["cases"][c.key] for c in CASES if c.key in results.get("cases", {})]
+    md = []
+    md.append(
+        "## Engine: every way, per model {#engine-details}\n\n"
+        "Each table times every way to get the same Jacobian: the fixed strategies of the "
+        "engine (`loop`: one backward per class after a shared forward; `vmap`: the backward "
+        "passes batched with `torch.func`; `replicate`: the batch copied once per class; "
+        "`head`: through a final linear layer narrower than the classes), what `auto` picked, "
+        "and the reverse-mode floor, one forward pass plus K single-class backward passes, "
+        "timed in the same run. Rounds are interleaved in rotating order so that other jobs "
+        "slow every row alike; `x fastest` compares medians; `fastest ms` is the quickest "
+        "round. Peak extra memory is one call's resident-set growth, its result included. "
+        f"Machine: {results['machine']}."
+    )
+    for r in cases:
+        md.append(_case_table(r))
+    return "\n\n".join(md) + "\n"
+
+
+def headline(results: dict, link: str) -> str | None:
+    """One sentence with the measured speed-up, for the README and the docs' home page."""
+    cases = results.get("cases", {})
+    mlp, resnet = cases.get("mlp"), cases.get("resnet64")
+    if mlp is None or resnet is None:
+        return None
+    fast = _row(mlp, "captum")["median_ms"] / _row(mlp, "auto")["median_ms"]
+    conv = _row(resnet, "captum")["median_ms"] / _row(resnet, "auto")["median_ms"]
+    loop = _row(resnet, "user_loop")["median_ms"] / _row(resnet, "auto")["median_ms"]
+    return (
+        f"Measured on 2 CPU cores: **{fast:.0f}x faster than Captum** for all "
+        f"{mlp['classes']} classes of a small MLP, {conv:.1f}x faster than Captum and "
+        f"{loop:.1f}x faster than a plain `autograd.grad` loop for the {resnet['classes']} "
+        f"classes of a small ResNet ([benchmarks]({link}))."
+    )
+
+
+def _ms(row: dict | None) -> str:
+    return "" if row is None else f"{row['median_ms']:.2f}"
+
+
+def _ratio(slow: dict | None, fast: dict | None) -> str:
+    if slow is None or fast is None:
+        return ""
+    return f"{slow['median_ms'] / fast['median_ms']:.1f}x"
+
+
+def _case_table(r: dict) -> str:
+    fastest = min(row["median_ms"] for row in r["rows"])
+    body = []
+    for row in r["rows"]:
+        label = row["label"]
+        if row["id"] == "auto":
+            label += f" (picked {r['picked']})"
+        body.append(
+            [
+                label,
+                f"{row['median_ms']:.2f}",
+                f"{row['median_ms'] / fastest:.2f}",
+                f"{row['min_ms']:.2f}",
+                fmt_mb(row["peak_mb"]),
+                str(row["runs"]),
+            ]
+        )
+    floor, k = r["floor"], r["classes"]
     body.append(
         [
-            f"floor: t_forward + {k} x t_backward ({fmt_ms(statistics.median(t_fwd))} + "
-            f"{k} x {fmt_ms(statistics.median(t_bwd))})",
-            fmt_ms(floor),
-            f"{floor / fastest:.2f}",
-            fmt_ms(min(t_fwd) + k * min(t_bwd)),
+            f"floor: 1 forward + {k} backward passes "
+            f"({floor['forward_ms']:.2f} + {k} x {floor['backward_ms']:.2f})",
+            f"{floor['median_ms']:.2f}",
+            f"{floor['median_ms'] / fastest:.2f}",
+            f"{floor['min_ms']:.2f}",
             "",
-            str(len(t_fwd)),
+            str(floor["runs"]),
         ]
     )
-    header = ["row", "median ms", "x fastest", "min ms", "peak extra MB", "runs"]
-    md = f"### {case.title}\n\n" + table(header, body) + "\n\n"
+    header = ["way", "median ms", "x fastest", "fastest ms", "peak extra MB", "rounds"]
+    load = r.get("load")
+    note = f" 1-minute load average at the end: {load[0]:.1f}." if load else ""
+    return f"### {r['title']}\n\n" + table(header, body) + (f"\n\n{note.strip()}" if note else "")
 
-    named = [
-        r
-        for r in rows
-        if r.label.startswith('engine strategy="') and r is not auto_row and r.label != LOOP_FIRST
-    ]
-    loop_first = next((r for r in rows if r.label == LOOP_FIRST), None)
-    batched = next((r for r in rows if r.label.startswith("autograd.grad(is_grads")), None)
-    captum = next((r for r in rows if r.label.startswith("Captum")), None)
-    floor_min = min(t_fwd) + k * min(t_bwd)
-    lines = []
-    for stat, pick, fl in (
-        ("median", lambda r: r.time, floor),
-        ("min", lambda r: min(r.times), floor_min),
-    ):
-        t_auto = pick(auto_row)
-        best = min(named, key=pick)
-        top = min(pick(r) for r in rows if r.exact)
-        t_first = pick(first_row)
-        parts = [
-            f"auto / best named ({best.label.split('=')[1].split(',')[0]}) = "
-            f"{t_auto / pick(best):.2f} {_mark(t_auto / pick(best) <= 1.05)}",
-            f"auto's first call / best named = {t_first / pick(best):.2f} "
-            f"{_mark(t_first / pick(best) <= 1.3)} (target <= 1.3)",
-            *(
-                [f"auto's first call / loop's first call = {t_first / pick(loop_first):.2f}"]
-                if loop_first is not None
-                else []
-            ),
-            f"auto / fastest row = {t_auto / top:.2f} {_mark(t_auto / top <= 1.05)}",
-            f"auto / floor = {t_auto / fl:.2f} {_mark(t_auto / fl <= 1.05)}",
-        ]
-        if batched is not None and case.key == "mlp":
-            ratio = t_auto / pick(batched)
-            parts.append(
-                f"auto / raw autograd.grad(is_grads_batched=True) = {ratio:.2f} "
-                f"{_mark(ratio <= 1.1)} (target <= 1.1)"
+
+# -- speed-up against the number of classes -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    key: str
+    title: str
+    batch: int
+    classes: tuple[int, ...]
+    rounds: int
+
+
+SWEEPS = [
+    Sweep("mlp", "MLP 30-64-64-K, B=256", 256, (1, 2, 5, 10, 20, 50, 100, 200), rounds=15),
+    Sweep("resnet64", "ResNet 3x64x64, B=8", 8, (2, 5, 10, 20, 50, 100), rounds=5),
+]
+
+
+def run_sweep(sweep: Sweep, device: str, log) -> dict:
+    """Captum's loop, the plain loop and ``auto`` at every number of classes of ``sweep``."""
+    from captum.attr import Saliency
+
+    shape, _ = SPECS[sweep.key]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(sweep.batch, *shape, generator=gen).to(device)
+    points = []
+    for k in sweep.classes:
+        model = MODELS[sweep.key](classes=k).to(device)
+        sal = Saliency(model)
+
+        def captum(model=model, k=k, sal=sal):
+            return torch.stack([sal.attribute(x, target=i, abs=False) for i in range(k)], 1)
+
+        def loop(model=model, k=k):
+            xr = x.detach().requires_grad_()
+            out = model(xr)
+            ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            return torch.stack(
+                [torch.autograd.grad(out[:, i], xr, ones, retain_graph=True)[0] for i in range(k)],
+                1,
             )
-        if captum is not None:
-            need = {"mlp": 10.0, "cnn32": 2.0}.get(case.key)
-            ratio = pick(captum) / t_auto
-            parts.append(
-                f"Captum loop / auto = {ratio:.1f}"
-                + (f" {_mark(ratio >= need)} (target >= {need:g})" if need else "")
-            )
-        lines.append(f"- on {stat} times: " + "; ".join(parts))
-    if case.max_memory is not None:
-        budget = parse_memory(case.max_memory)
-        checks = [
-            f"{_short(r)} {fmt_mb(r.memory)} MB "
-            f"{_mark(r.memory is not None and r.memory <= budget)}"
-            for r in [*named, first_row, auto_row]
-        ]
-        lines.append(
-            f"- peak extra memory within max_memory={case.max_memory}: " + "; ".join(checks)
+
+        def auto(model=model):
+            return saliency.class_jacobian(model, x)
+
+        ref = loop()
+        _check("Captum", captum(), ref, False)
+        first = time.perf_counter()
+        _check("auto", auto(), ref, False)  # the first call: measures and decides
+        first = time.perf_counter() - first
+        rows = {"captum": [], "loop": [], "auto": []}
+        fns = {"captum": captum, "loop": loop, "auto": auto}
+        for r in range(sweep.rounds):
+            names = list(rows)
+            for name in names[r % 3 :] + names[: r % 3]:
+                rows[name].append(median_time(fns[name], repeat=1, warmup=0))
+        decisions = list(getattr(_auto, "_DECISIONS", {}).get(model, {}).values())
+        point = {
+            "classes": k,
+            "picked": decisions[0] if len(decisions) == 1 else "?",
+            "first_call_ms": first * 1e3,
+            **{f"{n}_ms": statistics.median(t) * 1e3 for n, t in rows.items()},
+            **{f"{n}_min_ms": min(t) * 1e3 for n, t in rows.items()},
+        }
+        log(
+            f"  K={k}: Captum {point['captum_ms']:.2f} ms, loop {point['loop_ms']:.2f} ms, "
+            f"auto {point['auto_ms']:.2f} ms (picked {point['picked']})"
         )
-    md += "Summary (targets: auto within 1.05x of the best and of the floor):\n\n"
-    md += "\n".join(lines) + "\n"
-    return md
+        points.append(point)
+    return {"key": sweep.key, "title": sweep.title, "rounds": sweep.rounds, "points": points}
 
 
-def _short(row: Row) -> str:
-    return "first call" if row.label == FIRST else row.label.split("=")[1].split(",")[0]
-
-
-def _mark(ok: bool) -> str:
-    return "(met)" if ok else "(MISSED)"
+def _sweep_text(sweep: dict) -> str:
+    lines = []
+    for s in sweep.values():
+        pts = s["points"]
+        lo, hi = pts[0], pts[-1]
+        lines.append(
+            f"- {s['title']}: {lo['captum_ms'] / lo['auto_ms']:.1f}x faster than Captum at "
+            f"K={lo['classes']}, {hi['captum_ms'] / hi['auto_ms']:.1f}x at K={hi['classes']}; "
+            f"against the plain loop {lo['loop_ms'] / lo['auto_ms']:.1f}x and "
+            f"{hi['loop_ms'] / hi['auto_ms']:.1f}x (`auto` picked "
+            + ", ".join(sorted({p["picked"] for p in pts}))
+            + ")."
+        )
+    return (
+        "The chart repeats the comparison on two models with more and more classes (medians "
+        "of interleaved rounds, after each model's first call):\n\n" + "\n".join(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=[c.key for c in CASES], choices=MODELS)
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=[c.key for c in CASES] + ["sweep"],
+        choices=[*MODELS, "sweep"],
+        help="cases to run ('sweep': speed-up against the number of classes); the others keep "
+        "their saved results",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--threads",
@@ -505,38 +804,51 @@ def main(argv: list[str] | None = None) -> None:
         help="torch intra-op threads (default 1; 0 keeps torch's default, one per core)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite the report from docs/img/benchmark-engine.json",
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        args.models = []
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # Captum says so on every call for an input that does not require gradients, as ours don't.
+    warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    start = time.perf_counter()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    sections = []
+    results = (None if args.no_write else load_results("engine")) or {}
+    results.setdefault("cases", {})
+    if not args.render_only:
+        results["machine"] = f"{machine()}; device {args.device}"
     for case in CASES:
         if case.key not in args.models:
             continue
         log(f"{case.title}")
-        sections.append(run_case(case, args.device, log))
-        log(sections[-1])
-    elapsed = time.perf_counter() - start
-    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    md = (
-        "## Engine: all-class input Jacobians\n\n"
-        f"Machine: {machine()}; device {args.device}; 1-minute load average {load:.1f} at the "
-        f"start, {load_end:.1f} at the end; whole run {elapsed:.0f} s.\n\n"
-        "Every row computes the same Jacobian, checked against the user loop to 1e-5 first. "
-        "Times are medians of interleaved rounds (`runs` of them); `x fastest` is relative to "
-        "the fastest row; `min ms` is the fastest round, less exposed to load (the summary gives "
-        "ratios on both); peak extra memory is one call's resident-set growth (result "
-        "included). Produced by `python benchmarks/engine.py`.\n\n" + "\n".join(sections)
-    )
+        results["cases"][case.key] = run_case(case, args.device, log)
+    if "sweep" in args.models:  # the chart's numbers
+        results["sweep"] = {}
+        for sweep in SWEEPS:
+            log(f"sweep: {sweep.title}")
+            results["sweep"][sweep.key] = run_sweep(sweep, args.device, log)
+    results["targets"] = [
+        t for c in CASES if c.key in results["cases"] for t in targets(results["cases"][c.key])
+    ]
+    md = render(results)
     print(md)
     if not args.no_write:
+        save_results("engine", results)
         write_section("engine", md)
+        write_section("engine-details", render_details(results))
+        root = _HERE.parent
+        for page, link in ((root / "README.md", "docs/benchmarks.md"),
+                           (root / "docs" / "index.md", "benchmarks.md")):  # fmt: skip
+            if (line := headline(results, link)) is not None:
+                write_section("engine-speedup", line, page)
 
 
 if __name__ == "__main__":

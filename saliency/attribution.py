@@ -234,6 +234,11 @@ class Attribution:
         half a file.
         """
         path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(
+                f"path: the folder {str(path.parent)!r} of {os.fspath(path)!r} does not exist "
+                "(or is not a folder); create it first"
+            )
         tensors = {
             "values": self.values,
             "classes": self.classes,
@@ -266,27 +271,61 @@ class Attribution:
         >>> torch.equal(a.values, b.values), b.method, b.params["classes"]
         (True, 'gradients', [2])
         """
-        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != _FORMAT:
+        name = os.fspath(path)
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"path: {name!r} is not a file")
+
+        def damaged(why: str) -> ValueError:
+            return ValueError(
+                f"path: {name!r} cannot be read as a saved Attribution: {why}; it is damaged "
+                "(cut short?) or was not written by Attribution.save"
+            )
+
+        try:
+            with safe_open(name, framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != _FORMAT:
+                    raise ValueError(
+                        f"path: {name!r} is not a saved Attribution "
+                        f"(metadata format {meta.get('format')!r}, expected {_FORMAT!r})"
+                    )
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except ValueError:
+            raise
+        except Exception as e:  # safetensors' own error type, raised for any unreadable header
+            raise damaged(f"{type(e).__name__}: {e}") from e
+        if meta.get("version") != _VERSION:
+            if str(meta.get("version", "")).isdigit() and int(meta["version"]) > int(_VERSION):
                 raise ValueError(
-                    f"path: {os.fspath(path)!r} is not a saved Attribution "
-                    f"(metadata format {meta.get('format')!r}, expected {_FORMAT!r})"
+                    f"path: {name!r} was saved by a newer saliency (Attribution format version "
+                    f"{meta['version']}, this one reads {_VERSION}); upgrade saliency to read it"
                 )
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        params = json.loads(meta["params"])
-        negatives = tensors.get("negatives")
-        if negatives is None:  # written before Attribution carried them: read from params
-            negatives = _described_negatives(params, tensors["classes"])
-        return cls(
-            values=tensors["values"],
-            classes=tensors["classes"],
-            outputs=tensors["outputs"],
-            method=meta["method"],
-            params=params,
-            delta=tensors.get("delta"),
-            negatives=negatives,
-        )
+            raise damaged(f"format version {meta.get('version')!r}, expected {_VERSION!r}")
+        missing = [k for k in ("values", "classes", "outputs") if k not in tensors]
+        missing += [k for k in ("method", "params") if k not in meta]
+        if missing:
+            raise damaged(f"{', '.join(missing)} missing")
+        try:
+            params = json.loads(meta["params"])
+        except ValueError as e:
+            raise damaged(f"params are not JSON ({e})") from e
+        if not isinstance(params, dict):
+            raise damaged(f"params are a JSON {type(params).__name__}, not an object")
+        try:
+            negatives = tensors.get("negatives")
+            if negatives is None:  # written before Attribution carried them: read from params
+                negatives = _described_negatives(params, tensors["classes"])
+            return cls(
+                values=tensors["values"],
+                classes=tensors["classes"],
+                outputs=tensors["outputs"],
+                method=meta["method"],
+                params=params,
+                delta=tensors.get("delta"),
+                negatives=negatives,
+            )
+        except (TypeError, ValueError) as e:
+            raise damaged(str(e)) from e
 
     # -- display ---------------------------------------------------------------------------
     # Jupyter draws _repr_png_; repr stays text about shapes.
@@ -295,6 +334,12 @@ class Attribution:
         from saliency.viz.notebook import attribution_png  # viz sits above this module
 
         return attribution_png(self)
+
+    def _repr_html_(self) -> str | None:
+        """An interactive view (:func:`saliency.viz.view`): selectors, hover values, legend."""
+        from saliency.viz.viewer import notebook_view  # viz sits above this module
+
+        return notebook_view(self)
 
     def __repr__(self) -> str:
         v = self.values

@@ -19,7 +19,11 @@ PATCH_REDUCTIONS = ("sum", "abs_sum", "norm")
 
 
 def token_scores(
-    attribution: Attribution, how: str = "sum", embeddings: torch.Tensor | None = None
+    attribution: Attribution,
+    how: str = "sum",
+    embeddings: torch.Tensor | None = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
 ) -> Attribution:
     """Reduce embedding attributions ``[B, K, T, E]`` to one score per token, ``[B, K, T]``.
 
@@ -35,14 +39,19 @@ def token_scores(
         input per token, for values that are gradients with respect to ``embeddings``.
     embeddings
         ``[B, T, E]``, the embedded input; needed by ``"times_input"`` only.
+    attention_mask
+        ``[B, T]``, nonzero at real tokens and zero at padding (a tokenizer's
+        ``attention_mask``): padding positions get the score 0, whatever the method gave them,
+        and ``params["attention_mask"]`` is True. Pass the same mask as ``mask=`` to
+        :func:`saliency.audit.class_sensitivity`, so that padding does not count as agreement.
 
     Returns
     -------
     Attribution
         ``values`` ``[B, K, T]``, the same ``classes``, ``outputs`` and ``method``, and
         ``params["token_scores"] = how``. ``delta`` is kept for ``"sum"``, which leaves every
-        row's total, and so its completeness gap, unchanged; it becomes None for ``"norm"`` and
-        ``"times_input"``, whose totals are other quantities.
+        row's total, and so its completeness gap, unchanged (less what was set to 0 at padding);
+        it becomes None for ``"norm"`` and ``"times_input"``, whose totals are other quantities.
 
     Examples
     --------
@@ -65,7 +74,27 @@ def token_scores(
             "out, or ask for how='times_input'"
         )
     scores = values.norm(dim=-1) if how == "norm" else values.sum(-1)
-    return _reduced(attribution, scores, how == "sum", token_scores=how)
+    if attention_mask is None:
+        return _reduced(attribution, scores, how == "sum", token_scores=how)
+    real = _attention_mask(attention_mask, scores)
+    dropped = scores.masked_fill(real.unsqueeze(1), 0).sum(-1)  # what padding held, [B, K]
+    reduced = _reduced(
+        attribution,
+        scores.masked_fill(~real.unsqueeze(1), 0),
+        how == "sum",
+        token_scores=how,
+        attention_mask=True,
+    )
+    if reduced.delta is None:
+        return reduced
+    return Attribution(
+        reduced.values,
+        reduced.classes,
+        reduced.outputs,
+        reduced.method,
+        reduced.params,
+        reduced.delta - dropped.to(reduced.delta.dtype),
+    )
 
 
 def patch_scores(attribution: Attribution, patch: int = 16, how: str = "sum") -> Attribution:
@@ -145,6 +174,18 @@ def _embeddings(embeddings: object, values: torch.Tensor) -> torch.Tensor:
             f"{list(embeddings.shape)}"
         )
     return embeddings.detach().to(values.device)
+
+
+def _attention_mask(mask: object, scores: torch.Tensor) -> torch.Tensor:
+    b, _, t = scores.shape
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"attention_mask: expected a tensor [B, T] or None, got {mask!r}")
+    if tuple(mask.shape) != (b, t):
+        raise ValueError(
+            f"attention_mask: expected shape [{b}, {t}] (one entry per token of each sample), "
+            f"got {list(mask.shape)}"
+        )
+    return mask.to(scores.device) != 0
 
 
 def _reduced(

@@ -142,6 +142,56 @@ def test_load_refuses_other_files(tmp_path):
         Attribution.load(path)
 
 
+def _crafted(a: Attribution) -> dict[str, bytes]:
+    """Files an attacker or a half-finished copy could hand to load(), by the error expected."""
+    from safetensors.torch import save
+
+    tensors = {"values": a.values, "classes": a.classes, "outputs": a.outputs}
+    meta = {"format": "saliency.Attribution", "version": "1", "method": "m", "params": "{}"}
+    return {
+        "values missing": save({"classes": a.classes, "outputs": a.outputs}, metadata=meta),
+        "method, params missing": save(
+            tensors, metadata={"format": meta["format"], "version": "1"}
+        ),
+        "params are not JSON": save(tensors, metadata={**meta, "params": "{oops"}),
+        "params are a JSON list": save(tensors, metadata={**meta, "params": "[1]"}),
+        "classes: expected": save({**tensors, "classes": a.classes[:1]}, metadata=meta),
+        "SafetensorError.*incomplete": save(tensors, metadata=meta)[:-10],  # cut short
+        "SafetensorError.*too large": (10**15).to_bytes(8, "little") + b"{}",  # huge header
+        "SafetensorError.*too small": b"",
+        "format version '0'": save(tensors, metadata={**meta, "version": "0"}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_crafted(make(delta=False))))
+def test_load_of_a_crafted_file_names_the_file_and_what_is_wrong(tmp_path, case):
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(_crafted(make(delta=False))[case])
+    with pytest.raises(ValueError, match=case) as info:
+        Attribution.load(path)
+    message = str(info.value)
+    assert message.startswith(f"path: {str(path)!r} cannot be read as a saved Attribution")
+
+
+def test_load_of_a_newer_format_says_to_upgrade_and_save_names_a_missing_folder(tmp_path):
+    from safetensors.torch import save
+
+    a = make(delta=False)
+    meta = {"format": "saliency.Attribution", "version": "2", "method": "m", "params": "{}"}
+    tensors = {"values": a.values, "classes": a.classes, "outputs": a.outputs}
+    path = tmp_path / "new.safetensors"
+    path.write_bytes(save(tensors, metadata=meta))
+    with pytest.raises(ValueError, match=r"newer saliency .* upgrade"):
+        Attribution.load(path)
+    with pytest.raises(FileNotFoundError, match=r"path: 'gone\.safetensors' is not a file"):
+        Attribution.load("gone.safetensors")
+    target = tmp_path / "missing" / "a.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"folder .*missing' of .* not exist") as info:
+        a.save(target)
+    assert ".tmp" not in str(info.value)  # the hidden temporary name was all it said
+    assert not (tmp_path / "missing").exists()
+
+
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     import saliency.attribution as module
 

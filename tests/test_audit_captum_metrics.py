@@ -82,7 +82,9 @@ def test_infidelity_shares_perturbations_across_classes(mlp):
 
     a = saliency.gradients(model, x)
     infidelity(counting, x, a, n_perturb=9, seed=0)
-    assert rows == [5, 5 * 9]  # x once, then every copy once for all 4 classes
+    # x once to check that the attribution explains it, once for the scores, then every copy
+    # once for all 4 classes
+    assert rows == [5, 5, 5 * 9]
 
 
 def test_infidelity_gaussian_scale_and_seed():

@@ -62,6 +62,27 @@ def test_spearman_matches_scipy_with_ties_and_broadcasting():
     assert torch.isnan(sim.spearman(torch.ones(5), torch.arange(5.0)))
 
 
+def test_correlations_stay_in_range_and_equal_maps_give_exactly_one():
+    # Quantus's MPRT range checks: 1.0000000000000002 for a map against itself was out of range.
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        a = torch.randn(3, 64, generator=g)
+        near = a + 1e-7 * torch.randn(3, 64, generator=g)  # rounding is where the edge is
+        for value in (
+            sim.spearman(a, near),
+            sim.cosine(a, near),
+            sim.cosine_matrix(torch.cat([a, near])),
+            sim.spearman_matrix(torch.cat([a, -near])),
+        ):
+            assert bool(((value >= -1) & (value <= 1)).all())
+        assert bool((sim.spearman(a, a) == 1).all()) and bool((sim.cosine(a, a) == 1).all())
+        assert bool((sim.spearman(a, 3 * a + 1) == 1).all())
+        assert bool((sim.spearman(a, -a) == -1).all())
+        assert bool((sim.spearman_matrix(a).diagonal() == 1).all())
+        assert bool((sim.cosine_matrix(a).diagonal() == 1).all())
+    assert torch.isnan(sim.cosine(torch.zeros(4), torch.ones(4)))  # clamping keeps NaN
+
+
 def test_ranks_match_scipy_rankdata():
     x = torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(sim.ranks(x).numpy(), scipy.stats.rankdata(x.numpy(), axis=1))

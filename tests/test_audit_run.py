@@ -621,3 +621,238 @@ def test_nan_outputs_are_skipped_even_when_the_method_lets_them_through(tmp_path
     )  # fmt: skip
     assert list(run.skipped) == [4] and "output" in run.skipped[4]
     assert run.summary["explained"] == 7
+
+
+# -- regressions: runs that never lose, mix or miscount (issue 17) -------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 40])
+def test_labels_outside_the_models_classes_are_refused_before_anything_is_written(tmp_path, bad):
+    # -1 was counted in the last class's row (a negative index wraps); 3 and 40 gave a 4x4 and a
+    # 41x41 confusion matrix for a 3-class model
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(12, 4), torch.arange(12) % 3
+    y[10] = bad
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"samples 10 are {bad}, not class ids of a model with 3"):
+        saliency.audit.run(model, (x, y), out_dir=out, metrics=["norms"], batch_size=4, **FAST)
+    assert not out.exists()
+
+
+def test_a_label_out_of_range_deep_in_a_dataset_stops_at_its_shard(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(24, 4), torch.arange(24) % 3
+    bad = y.clone()
+    bad[21] = 40  # past the first samples the leader reads: only its shard can see it
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=8, **FAST)
+    with pytest.raises(ValueError, match=r"labels of samples 21 are 40, .* 3 outputs \(0-2\)"):
+        saliency.audit.run(model, _Pairs(x, bad), **args)
+    fixed = saliency.audit.run(model, _Pairs(x, y), **args)
+    assert (fixed.computed, fixed.resumed) == (1, 2)
+    assert np.array(fixed.summary["confusion"]).shape == (3, 3)
+    assert np.array(fixed.summary["confusion"]).sum() == 24
+
+
+def test_a_folder_of_the_users_own_files_is_not_written_into(digits, tmp_path):
+    model, _, x, y = digits
+    args = dict(metrics=["norms"], batch_size=12, **FAST)
+    (tmp_path / "summary.json").write_text('{"mine": 1}')  # the user's, from another tool
+    (tmp_path / "report.html").write_text("<p>my report</p>")
+    with pytest.raises(FileExistsError, match=r"files of its own \(summary\.json, report\.html\)"):
+        saliency.audit.run(model, (x, y), out_dir=tmp_path, **args)
+    assert (tmp_path / "summary.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.json"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"notes\.txt.*empty folder or its own run"):
+        saliency.audit.run(model, (x, y), out_dir=other, **args)
+    run = saliency.audit.run(model, (x, y), out_dir=other, overwrite=True, **args)
+    assert run.computed == 2 and (other / "notes.txt").read_text() == "keep me"
+
+    replaced = saliency.audit.run(model, (x, y), out_dir=tmp_path, overwrite=True, **args)
+    assert json.loads((tmp_path / "summary.json").read_text()) == replaced.summary
+
+
+def test_shards_whose_manifest_is_gone_are_refused_not_replaced(digits, tmp_path):
+    model, _, x, y = digits
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=8, **FAST)
+    saliency.audit.run(model, (x, y), **args)
+    (tmp_path / "manifest.json").unlink()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+    with pytest.raises(FileExistsError, match=r"shard files \(000000\..*no manifest\.json"):
+        saliency.audit.run(model, (x, y), **args, seed=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()} == before
+    fresh = saliency.audit.run(model, (x, y), **args, seed=1, overwrite=True)
+    assert (fresh.computed, fresh.resumed) == (3, 0)
+
+
+def test_out_dirs_that_cannot_be_used_are_named(digits, tmp_path, monkeypatch):
+    model, _, x, y = digits
+    args = dict(metrics=["norms"], batch_size=12, **FAST)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    cases = [
+        ("", ValueError, r"out_dir: '' is no folder"),
+        (tmp_path / "a-file" / "sub", NotADirectoryError, r"is inside .*a-file', a file"),
+        (tmp_path / "dangling", FileNotFoundError, r"dangling' is a symbolic link to .*nowhere"),
+        (tmp_path / "dangling" / "sub", FileNotFoundError, r"symbolic link .* does not exist"),
+        ("/sys/kernel/saliency-audit", PermissionError, r"cannot be written \(permission denied"),
+    ]
+    for out, error, match in cases:
+        with pytest.raises(error, match=match):
+            saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert not (tmp_path / "nowhere").exists()
+
+    # a finished run on a file system mounted read-only: reopening it takes its lock
+    import errno
+
+    from saliency.audit.datasets import folder
+
+    saliency.audit.run(model, (x, y), out_dir=tmp_path / "done", **args)
+
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(folder, "open", read_only, raising=False)
+    with pytest.raises(PermissionError, match=r"read-only file system: .*\.lock\); a run writes"):
+        saliency.audit.run(model, (x, y), out_dir=tmp_path / "done", **args)
+
+
+class _Tempered(torch.nn.Module):
+    """Logits divided by a plain attribute: no parameter or buffer sees it change."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.temperature = 1.0
+
+    def forward(self, x):
+        return self.linear(x) / self.temperature
+
+
+def test_a_model_that_behaves_otherwise_is_refused_whatever_changed(tmp_path):
+    torch.manual_seed(0)
+    model = _Tempered()
+    x, y = torch.randn(40, 4), torch.arange(40) % 3
+    args = dict(metrics=["norms"], batch_size=4, **FAST)
+    out = tmp_path / "t"
+    saliency.audit.run(model, (x, y), out_dir=out, **args)
+    for path in (out / "shards").glob("00000[5-9].done.json"):
+        path.unlink()  # as if killed after 5 of 10 shards
+    reference = _files(out)
+
+    model.temperature = 10.0  # the fingerprint of parameters, buffers and modes is the same
+    with pytest.raises(ValueError, match=r"model\.outputs: on sample \d, class \d scored .* now"):
+        saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert _files(out) == reference
+
+    model.temperature = 1.0  # as before: resumes, and the manifest keeps its first record
+    again = saliency.audit.run(model, (x, y), out_dir=out, **args)
+    assert (again.computed, again.resumed) == (5, 5)
+    whole = saliency.audit.run(model, (x, y), out_dir=tmp_path / "whole", **args)
+    assert _files(out) == _files(tmp_path / "whole") and whole.computed == 10
+
+    # a callable that is no Module is fingerprinted by name only; its outputs tell
+    def call(inputs):
+        return model(inputs)
+
+    saliency.audit.run(call, (x, y), out_dir=tmp_path / "c", **args)
+    (tmp_path / "c" / "shards" / "000009.done.json").unlink()
+    with torch.no_grad():
+        model.linear.bias += 0.5
+    with pytest.raises(ValueError, match=r"model\.outputs: on sample \d"):
+        saliency.audit.run(call, (x, y), out_dir=tmp_path / "c", **args)
+
+
+def test_a_finished_runs_summary_and_report_are_verified_and_drawn_again(digits, tmp_path):
+    model, info, x, y = digits
+    args = dict(out_dir=tmp_path, metrics=["norms"], batch_size=12, strategy="loop")
+    saliency.audit.run(model, (x[:12], y[:12]), **args)
+    original = _files(tmp_path)
+
+    def stamps():
+        return {n: (tmp_path / n).stat().st_mtime_ns for n in ("summary.json", "report.html")}
+
+    before = stamps()
+    saliency.audit.run(model, (x[:12], y[:12]), **args)  # nothing to do: nothing written
+    assert stamps() == before and _files(tmp_path) == original
+
+    damaged = bytearray(original["summary.safetensors"])
+    damaged[-1] ^= 1  # same size, other bytes
+    (tmp_path / "summary.safetensors").write_bytes(bytes(damaged))
+    (tmp_path / "summary.json").write_text(original["summary.json"].decode().replace("1.0", "0.5"))
+    (tmp_path / "report.html").write_text("<p>cut")
+    again = saliency.audit.run(model, (x[:12], y[:12]), **args)
+    assert _files(tmp_path) == original and again.summary["accuracy"] == 1.0
+
+    names = [f"digit {c}" for c in info.class_names]
+    saliency.audit.run(model, (x[:12], y[:12]), **args, class_names=names, mean=0.3, std=0.4)
+    assert "digit 7" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "summary.json").read_bytes() == original["summary.json"]
+
+
+class _SqrtOfFirst(torch.nn.Module):
+    """Finite everywhere, but the derivative of sqrt(|x0|) is infinite where x0 = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.linear(x) + torch.sqrt(x[:, :1].abs())
+
+
+def test_a_sample_with_an_infinite_gradient_is_skipped_and_named_and_resumes(tmp_path):
+    # It stopped the run naming "(row in the chunk, target)", and every resume stopped there.
+    torch.manual_seed(0)
+    model = _SqrtOfFirst()
+    x = torch.randn(12, 5)
+    x[5, 0] = 0.0
+    args = dict(out_dir=tmp_path, metrics=["norms", "deletion"], batch_size=4, **FAST)
+    run = saliency.audit.run(model, x, **args)
+    assert list(run.skipped) == [5] and "gradient is infinite or NaN" in run.skipped[5]
+    rows = _rows(tmp_path)
+    assert {r["index"] for r in rows} == set(range(12)) - {5}
+    direct = saliency.gradients(model, x[[4, 6, 7]], strategy="loop")  # shard 1 without 5
+    l1 = torch.tensor([r["norms.l1"] for r in rows if r["index"] in (4, 6, 7)]).view(3, 2)
+    torch.testing.assert_close(l1, direct.values.abs().sum(-1), rtol=1e-6, atol=1e-6)
+    again = saliency.audit.run(model, x, **args)
+    assert (again.computed, again.resumed) == (0, 3) and list(again.skipped) == [5]
+
+
+class _Ragged(Dataset):
+    """Samples of 3 features, then of 4 from ``change`` on."""
+
+    def __init__(self, n, change):
+        self.n, self.change = n, change
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.full((3 if i < self.change else 4,), float(i))
+
+
+def test_empty_data_and_samples_that_change_shape_are_named(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    args = dict(metrics=["norms"], batch_size=4, **FAST)
+    with pytest.raises(ValueError, match=r"data: x holds no sample \(shape \(0, 3\)\)"):
+        saliency.audit.run(model, torch.empty(0, 3), out_dir=tmp_path / "e", **args)
+    with pytest.raises(ValueError, match=r"no sample"):
+        saliency.audit.run(model, (torch.empty(0, 3), torch.empty(0, dtype=torch.long)),
+                           out_dir=tmp_path / "e", **args)  # fmt: skip
+    # within the first samples, within a later shard, and between shards
+    for change, match in [
+        (6, r"samples 0-7 cannot be stacked .*sample 0 has shape \[3\] and sample 6 \[4\]"),
+        (14, r"samples 12-15 cannot be stacked .*sample 12 has shape \[3\] and sample 14 \[4\]"),
+        (12, r"samples 12-15 have shape \[4\], the first samples \[3\]; every sample must"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            saliency.audit.run(model, _Ragged(20, change), out_dir=tmp_path / f"r{change}", **args)
+    loader = DataLoader(_Ragged(20, 14), batch_size=4)
+    with pytest.raises(ValueError, match=r"samples 12-15 cannot be stacked into one batch"):
+        saliency.audit.run(model, loader, out_dir=tmp_path / "l", **{**args, "batch_size": None})

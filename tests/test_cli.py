@@ -696,3 +696,16 @@ def test_gradcam_from_the_command_with_its_layer(tmp_path, capsys):
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert err.startswith("saliency explain: error: --layer: the model has no module named")
+
+
+def test_repeated_method_and_metric_flags_add_up(tmp_path):
+    from saliency.cli.parser import build_parser
+
+    args = build_parser("").parse_args(
+        ["audit", "digits", "digits", "--out", str(tmp_path), "--metric", "deletion",
+         "--metric", "class_sensitivity", "--method", "gradients", "--method", "ig"]
+    )  # fmt: skip
+    assert args.metrics == ["deletion", "class_sensitivity"]  # "--metric" abbreviates --metrics
+    assert args.method == ["gradients", "ig"]
+    plain = build_parser("").parse_args(["audit", "digits", "digits", "--out", str(tmp_path)])
+    assert plain.metrics is None and plain.method is None  # the defaults are the command's

@@ -47,8 +47,9 @@ def build_page(config: Path, page: str, out: Path) -> Path:
     """Build one page of the docs with ``config``'s settings; return the site folder.
 
     The page and docs/assets are copied into ``out``; a config there inherits everything from
-    ``config`` (theme, Markdown extensions, plugins, scripts and styles) but the pages and
-    strictness (links to the pages left out are expected to dangle).
+    ``config`` (theme, Markdown extensions, plugins, scripts and styles) but the pages, the
+    strictness (links to the pages left out, and the generated pictures, are expected to dangle)
+    and the hook that draws pictures and runs notebooks (tests/test_docs_site.py builds those).
     """
     docs = out / "docs"
     (docs / page).parent.mkdir(parents=True)
@@ -56,7 +57,8 @@ def build_page(config: Path, page: str, out: Path) -> Path:
     shutil.copytree(REPO / "docs" / "assets", docs / "assets")
     own = out / "mkdocs.yml"
     own.write_text(
-        f"INHERIT: {config}\ndocs_dir: docs\nsite_dir: site\nstrict: false\nnav:\n  - {page}\n"
+        f"INHERIT: {config}\ndocs_dir: docs\nsite_dir: site\nstrict: false\nhooks: []\n"
+        f"nav:\n  - {page}\n"
     )
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(

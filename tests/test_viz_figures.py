@@ -13,6 +13,7 @@ from PIL import Image
 
 import saliency
 from saliency import Attribution, models, viz
+from saliency.viz.colormaps import lookup_table
 from saliency.viz.notebook import attribution_png
 
 matplotlib.use("Agg")
@@ -31,36 +32,79 @@ def _image_attribution(b: int = 2, k: int = 3) -> Attribution:
     )
 
 
-def test_plot_classes_rows_are_samples_and_columns_classes() -> None:
+def _pictures(fig) -> list:
+    """The picture axes of a figure (colour bars left out), row by row."""
+    return [ax for ax in fig.axes if ax.get_images()]
+
+
+def _row_colours(values: np.ndarray, signed: bool) -> np.ndarray:
+    """Hand-computed colours of one sample's maps [K, C, H, W]: channels summed, one threshold
+    (99th percentile of the magnitudes) for the whole row, then bwr's 256-entry table."""
+    maps = values.sum(axis=1)
+    if not signed:
+        maps = np.abs(maps)
+    t = np.percentile(np.abs(maps), 99.0)
+    scaled = np.clip(maps / t, -1.0 if signed else 0.0, 1.0)
+    index = np.rint(scaled * 127.5 + 127.5 if signed else scaled * 255.0).astype(int)
+    lut = lookup_table("bwr" if signed else "inferno", signed)  # tested in test_viz_draw.py
+    return lut[index], t
+
+
+def test_plot_classes_rows_are_samples_with_input_classes_and_a_colour_bar() -> None:
     attribution = _image_attribution()
     images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    fig = viz.plot_classes(attribution, images, class_names=["zero", "one", "two", "three"])
-    assert len(fig.axes) == 6
-    titles = [ax.get_title() for ax in fig.axes]
+    fig = viz.plot_classes(
+        attribution, images, labels=[3, 1], class_names=["zero", "one", "two", "three"]
+    )
+    axes = _pictures(fig)
+    assert len(axes) == 2 * (1 + 3)
+    titles = [ax.get_title() for ax in axes]
     assert titles == [
-        "zero  (1.5)",
-        "one  (-2)",
-        "two  (0.25)",
-        "zero  (0.5)",
-        "one  (3)",
-        "two  (-1)",
-    ]
-    assert fig.axes[3].get_ylabel() == "sample 1"
+        "input", "zero (score 1.5)", "one (score -2)", "two (score 0.25)",
+        "", "zero (score 0.5)", "one (score 3)", "two (score -1)",
+    ]  # fmt: skip
+    # rows say the sample, its true class and its prediction (the highest output)
+    assert axes[0].get_ylabel() == "#0\ntrue three\npredicted three ✓"
+    assert axes[4].get_ylabel() == "#1\ntrue one\npredicted one ✓"
     assert fig.get_suptitle() == "gradients"
-    shown = fig.axes[4].get_images()[0].get_array()
-    expected = viz.overlay(images[1], attribution.values[1, 1])
-    np.testing.assert_array_equal(shown, np.asarray(expected))
+    np.testing.assert_array_equal(axes[4].get_images()[0].get_array(), viz.to_rgb(images[1]))
+    # signed values: a diverging map over one threshold per row, which the row's colour bar shows
+    expected, t = _row_colours(attribution.values[1].numpy(), signed=True)
+    for k in range(3):
+        np.testing.assert_array_equal(axes[5 + k].get_images()[0].get_array(), expected[k])
+    bars = [ax for ax in fig.axes if not ax.get_images() and ax not in axes]
+    assert len(bars) == 2
+    limits = sorted(bars[1].get_ylim())
+    np.testing.assert_allclose(limits, [-t, t], rtol=1e-6)
     fig.savefig(io.BytesIO(), format="png")
 
 
-def test_plot_classes_without_images_shows_heat_maps() -> None:
+def test_plot_classes_marks_a_wrong_prediction_and_keeps_magnitudes_unsigned() -> None:
     attribution = _image_attribution(b=1, k=2)
-    fig = viz.plot_classes(attribution, method_label="SmoothGrad", sign="all")
-    np.testing.assert_array_equal(
-        fig.axes[1].get_images()[0].get_array(),
-        np.asarray(viz.heatmap(attribution.values[0, 1], sign="all")),
-    )
+    positive = _attr(attribution.values.abs(), attribution.classes, attribution.outputs)
+    fig = viz.plot_classes(positive, labels=[1], method_label="SmoothGrad")
+    axes = _pictures(fig)
+    assert len(axes) == 2  # no images: maps only
+    assert axes[0].get_ylabel() == "#0\ntrue 1\npredicted 3 ✗"
+    expected, _ = _row_colours(positive.values[0].numpy(), signed=False)
+    np.testing.assert_array_equal(axes[1].get_images()[0].get_array(), expected[1])
     assert fig.get_suptitle() == "SmoothGrad"
+
+
+def test_plot_classes_overlay_blends_over_the_images() -> None:
+    attribution = _image_attribution(b=1, k=2)
+    images = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    beside = _pictures(viz.plot_classes(attribution, images))
+    over = _pictures(viz.plot_classes(attribution, images, overlay=True, alpha=0.7))
+    assert len(beside) == 3 and len(over) == 2
+    shown = over[0].get_images()[0].get_array().astype(int)
+    heat = beside[1].get_images()[0].get_array().astype(int)
+    gray = viz.to_rgb(images[0]).astype(int)
+    np.testing.assert_allclose(shown, 0.7 * heat + 0.3 * gray, atol=1.5)
+    with pytest.raises(TypeError, match="overlay=True"):
+        viz.plot_classes(attribution, images, alpha=0.5)
+    with pytest.raises(ValueError, match="labels: expected one integer class id per sample"):
+        viz.plot_classes(attribution, images, labels=[1, 2])
 
 
 def _tabular() -> Attribution:
@@ -126,3 +170,18 @@ def test_notebook_picture_falls_back_to_text_for_nan() -> None:
     attribution = _image_attribution(b=1, k=1)
     attribution.values[0, 0, 0, 0, 0] = float("nan")
     assert attribution._repr_png_() is None
+
+
+def test_notebook_picture_starts_each_row_with_the_predicted_class() -> None:
+    from saliency.viz.notebook import _rows
+
+    model, _ = models.load("digits")
+    x, _ = models.held_out("digits", 3)
+    attribution = saliency.gradients(model, x, strategy="loop")
+    rows = _rows(attribution, max_samples=4, max_classes=10)
+    assert rows.shape == (3, 10)
+    predicted = attribution.outputs.argmax(1)
+    assert torch.equal(attribution.classes[torch.arange(3), rows[:, 0]], predicted)
+    assert predicted[0] == 7  # the row the picture missed when it showed classes 0-5
+    scores = attribution.outputs.gather(1, attribution.classes.gather(1, rows))
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # then by output, highest first

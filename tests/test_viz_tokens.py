@@ -98,6 +98,18 @@ def test_tokens_and_labels_are_escaped_and_the_page_is_self_contained():
     assert picture.lines[0].tokens[0] == words[0]  # escaped in HTML only
 
 
+def test_lone_surrogates_are_shown_as_replacement_characters(tmp_path):
+    # A byte-level tokenizer decoded with surrogateescape hands out half characters, which
+    # UTF-8 cannot encode: saving the page raised UnicodeEncodeError.
+    words = ["ok", "\udc80", "\ud83d\ude00", "caf\u00e9"]
+    picture = tokens(np.arange(4.0), words, class_names=["\ud800x"])
+    path = picture.save(tmp_path / "t.html")
+    page = path.read_bytes().decode("utf-8")  # strict: every byte is valid UTF-8
+    assert "\ufffd" in page and "\U0001f600" in page and "caf\u00e9" in page
+    assert "\ufffdx" in page  # the class name too
+    assert picture.lines[0].tokens[1] == "\udc80"  # the data keep what they were given
+
+
 def test_all_zero_scores_give_a_valid_neutral_picture():
     picture = tokens(torch.zeros(2, 4), ["a", "b", "c", "d"])
     white = (255, 255, 255)  # bwr's middle

@@ -19,6 +19,7 @@ if typing.TYPE_CHECKING:  # for type checkers and the docs; at run time the reco
     from ._norms import Norms, norms  # noqa: F401
     from ._perturbation import PerturbationCurves, deletion, insertion, road  # noqa: F401
     from ._randomization import RandomizationResult, randomization_test  # noqa: F401
+    from ._token_perturbation import token_deletion, token_insertion  # noqa: F401
     from .datasets import AuditRun, run  # noqa: F401
 
 __getattr__, __dir__ = _namespace(

@@ -18,7 +18,15 @@ import torch
 from .. import targets
 from ..attribution import Attribution
 from ..engine import parse_memory
-from ._scores import check_inputs, generator, number, rows_per_chunk, take, tracked
+from ._scores import (
+    check_explains,
+    check_inputs,
+    generator,
+    number,
+    rows_per_chunk,
+    take,
+    tracked,
+)
 from .records import MetricRecord
 
 __all__ = ["Infidelity", "Sensitivity", "infidelity", "sensitivity_max"]
@@ -168,6 +176,7 @@ def infidelity(
     (torch.Size([4, 3]), True)
     """
     check_inputs(x, attribution)
+    check_explains(model, x, attribution, output, forward_kwargs)
     n_perturb = _check_count(n_perturb)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected True or False, got {normalize!r}")
@@ -335,6 +344,7 @@ def sensitivity_max(
                 f"attribution: expected the Attribution of x's {n} samples by method, got "
                 f"{type(attribution).__name__}"
             )
+        check_explains(model, x, attribution, output, forward_kwargs)
     k = attribution.values.shape[1]
     rows_spec = _classes_again(attribution)
     gen, seed = generator(seed, x.device)
@@ -413,6 +423,8 @@ RECORDS = (
         doc="audit/infidelity-sensitivity.md",
         columns={"infidelity": "lower", "beta": None},
         needs=("input_maps",),
+        baseline="0: the map predicts every change exactly",
+        faithfulness=True,
     ),
     MetricRecord(
         name="sensitivity_max",
@@ -421,6 +433,8 @@ RECORDS = (
         explanation="how much each map changes, at most, when the input is nudged slightly",
         doc="audit/infidelity-sensitivity.md",
         columns={"sensitivity": "lower"},
+        baseline="0: the map does not move",
+        inputs="numbers",
     ),
 )
 

@@ -75,6 +75,7 @@ def class_sensitivity(
     threshold: float = 0.9,
     abs: bool = True,
     sum_channels: bool = True,
+    mask: torch.Tensor | None = None,
     max_memory: int | str | None = None,
 ) -> ClassSensitivity:
     """Compare the maps of every pair of classes of every sample; flag class-blind samples.
@@ -99,6 +100,13 @@ def class_sensitivity(
     abs, sum_channels
         As in :func:`saliency.audit.randomization_test`: image channels summed, then absolute
         values (the default), so that maps differing only in sign or scale count as the same.
+    mask
+        Which positions to compare, ``[B, *positions]`` (nonzero or True: compared), e.g. a text
+        batch's ``attention_mask`` ``[B, T]``. Padding is zero in every class map, so left in it
+        would count as agreement between classes. ``positions`` are the leading dimensions of
+        the maps after the channels are summed (``[T]`` for token scores ``[B, K, T]`` and for
+        embedding attributions ``[B, K, T, E]``; ``[H, W]`` for images). With ``"ssim"``, only
+        1-D maps can be masked (the kept positions are read as one signal).
     max_memory
         A budget for the working set, as in :func:`saliency.class_jacobian`'s ``max_memory``.
 
@@ -146,7 +154,12 @@ def class_sensitivity(
         maps, map_ndim = prepare_maps(
             values[start : start + rows], raw_ndim, abs=abs, sum_channels=sum_channels
         )
-        parts.append(compare_matrix(maps, similarity, map_ndim))
+        if mask is None:
+            parts.append(compare_matrix(maps, similarity, map_ndim))
+            continue
+        if start == 0:
+            keep = _mask(mask, values, maps, map_ndim, similarity)
+        parts.append(_masked_matrix(maps, keep[start : start + rows], similarity))
     matrix = torch.cat(parts)
 
     eye = torch.eye(k, dtype=torch.bool, device=matrix.device)
@@ -169,6 +182,49 @@ def class_sensitivity(
     )
 
 
+def _mask(mask, values, maps, map_ndim: int, similarity: str) -> torch.Tensor:
+    """``mask`` checked against the maps: a bool ``[B, *positions]``, ``positions`` leading the
+    map's dimensions, with at least two positions kept per sample."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask: expected a tensor [B, *positions] or None, got {mask!r}")
+    shape = tuple(maps.shape[2:])
+    n, d = values.shape[0], mask.ndim - 1
+    if d < 1 or mask.shape[0] != n or tuple(mask.shape[1:]) != shape[:d]:
+        raise ValueError(
+            f"mask: expected [B, *positions] with B={n} and positions leading the compared maps' "
+            f"shape {list(shape)} (e.g. [{n}, {shape[0]}]), got {list(mask.shape)}"
+        )
+    if similarity == "ssim" and not (map_ndim == 1 and d == 1):
+        raise ValueError(
+            "mask: 'ssim' compares the kept positions as one signal, so it masks 1-D maps "
+            f"only; these maps are {list(shape)}. Use 'spearman' or 'cosine'"
+        )
+    keep = mask.to(device=values.device).flatten(1) != 0
+    few = (keep.sum(1) < 2).nonzero().flatten().tolist()
+    if few:
+        raise ValueError(f"mask: samples {few[:8]} keep fewer than 2 positions to compare")
+    return keep
+
+
+def _masked_matrix(maps, keep: torch.Tensor, similarity: str) -> torch.Tensor:
+    """``compare_matrix`` over the kept positions of each sample, samples that keep the same
+    number of positions compared together."""
+    b, k = maps.shape[:2]
+    flat = maps.reshape(b, k, keep.shape[1], -1)  # [b, K, positions, rest]
+    counts = keep.sum(1)
+    order, parts = [], []
+    for count in counts.unique().tolist():
+        rows = (counts == count).nonzero().flatten()
+        kept = flat[rows].transpose(1, 2)[keep[rows]]  # [rows * count, K, rest]
+        kept = kept.view(len(rows), count, k, -1).transpose(1, 2).flatten(2)  # [rows, K, D]
+        # Scaled again to their own largest value: padding no longer sets the scale (SSIM).
+        peak = kept.abs().amax(-1, keepdim=True)
+        kept = kept / torch.where(peak > 0, peak, torch.ones_like(peak))
+        order.append(rows)
+        parts.append(compare_matrix(kept, similarity, 1))
+    return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
 RECORDS = (
     MetricRecord(
         name="class_sensitivity",
@@ -179,6 +235,7 @@ RECORDS = (
         doc="audit/class-sensitivity.md",
         columns={"mean_other": "lower", "off_diagonal": "lower", "flagged": None},
         rows="several",
+        baseline="identical maps give 1, maps of unrelated classes about 0",
     ),
 )
 

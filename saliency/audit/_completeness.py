@@ -181,6 +181,8 @@ RECORDS = (
             "floor": None,
         },
         needs=("delta",),
+        baseline="0 is exact; rows above the tolerance are counted in exceeds",
+        faithfulness=True,
     ),
 )
 

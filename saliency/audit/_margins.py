@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attribution import Attribution
-from ..engine import outputs as model_outputs
+from ._scores import check_explains
 from .records import MetricRecord
 
 __all__ = ["Margins", "margins"]
@@ -131,15 +131,7 @@ def margins(
             f"attribution: expected a saliency.Attribution, got {type(attribution).__name__}"
         )
     _check_gradients(attribution, x)
-    transform = _output(attribution, output)
-    seen = model_outputs(model, x, output=transform, **forward_kwargs)
-    if seen.shape != attribution.outputs.shape or not torch.allclose(
-        seen, attribution.outputs.to(seen), rtol=1e-4, atol=1e-5 * float(seen.abs().max() + 1)
-    ):
-        raise ValueError(
-            "attribution: its outputs differ from the model's at x; it was computed for another "
-            "model, other inputs or another output"
-        )
+    check_explains(model, x, attribution, _output(attribution, output), forward_kwargs)
     f = attribution.outputs
     ids = attribution.classes.to(f.device)
     n = f.shape[0]
@@ -183,6 +175,7 @@ RECORDS = (
         },
         needs=("gradients",),
         rows="all",
+        baseline="none: a property of the model near the sample",
     ),
 )
 

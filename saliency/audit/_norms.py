@@ -62,5 +62,6 @@ RECORDS = (
         explanation="the L1 and L2 norm of each map: where maps are unusually strong or empty",
         doc="audit/runs.md#methods-and-metrics",
         columns={"l1": None, "l2": None},
+        baseline="none: a size, not a quality",
     ),
 )

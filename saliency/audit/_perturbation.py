@@ -18,7 +18,15 @@ import torch
 from ..attribution import Attribution
 from ..engine import parse_memory
 from ..methods.baselines import make_baseline
-from ._scores import Tracked, check_inputs, generator, number, rows_per_chunk, tracked
+from ._scores import (
+    Tracked,
+    check_explains,
+    check_inputs,
+    generator,
+    number,
+    rows_per_chunk,
+    tracked,
+)
 from .imputation import noisy_linear_imputation
 from .records import MetricRecord
 
@@ -310,6 +318,8 @@ RECORDS = (
         columns={"auc": "lower", "random_auc": None, "normalized_auc": "lower"},
         random={"auc": "random_auc"},
         needs=("input_maps",),
+        baseline="the same curve in a random order (random_auc): a faithful map falls faster",
+        faithfulness=True,
     ),
     MetricRecord(
         name="insertion",
@@ -322,6 +332,8 @@ RECORDS = (
         columns={"auc": "higher", "random_auc": None, "normalized_auc": "higher"},
         random={"auc": "random_auc"},
         needs=("input_maps",),
+        baseline="the same curve in a random order (random_auc): a faithful map rises faster",
+        faithfulness=True,
     ),
     MetricRecord(
         name="road",
@@ -335,6 +347,8 @@ RECORDS = (
         needs=("input_maps",),
         inputs="images",
         directions=_road_better,
+        baseline="the same curve in a random order (random_auc): a faithful map falls faster",
+        faithfulness=True,
     ),
 )
 
@@ -360,6 +374,7 @@ def _run(
     noise: float | None,
 ) -> PerturbationCurves:
     check_inputs(x, attribution)
+    check_explains(model, x, attribution, output, forward_kwargs)
     for name, flag in (("abs", abs), ("random_order", random_order)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}: expected True or False, got {flag!r}")

@@ -39,7 +39,9 @@ class RandomizationResult:
     steps : tuple of str
         What had been randomised at each step: ``"original"`` (nothing, on an untouched copy),
         then the name of each layer (qualified module name; ``""`` is the model itself) in the
-        order they were re-initialised.
+        order they were re-initialised. A step that changes the parameters of several modules
+        (tied weights: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) names them all,
+        joined by ``" + "``.
     similarity : dict of str to torch.Tensor
         For each similarity asked for (``"spearman"``, ``"ssim"``, ``"cosine"``), a
         ``[steps, B, K]`` tensor: row ``k`` of sample ``b`` compares the maps of class
@@ -131,8 +133,12 @@ def randomization_test(
     layers
         ``None``: every module that owns parameters and runs in the forward pass, from the last
         to run to the first (found with forward hooks, not by registration order), each step
-        re-initialising that module's own parameters. Else module names or modules of
-        ``model``, each re-initialised whole (submodules included), in the order given.
+        re-initialising that module's own parameters. Modules that share a parameter (tied
+        weights) are one step, at the place of the first of them to be reached, and the shared
+        parameter is re-initialised once. Else module names or modules of ``model``, each
+        re-initialised whole (submodules included), in the order given; a step also names the
+        modules outside it whose parameters it changes through tied weights, and two listed
+        layers may not share a parameter.
     similarity
         One or several of ``"spearman"`` (rank correlation over all map elements), ``"ssim"``
         (structural similarity of images ``[H, W]`` or signals ``[D]``) and ``"cosine"``.
@@ -210,8 +216,8 @@ def randomization_test(
     ran = _running_order(twin)
     with ran:
         first = _explain(method, twin, x, fixed, options)
-    names = chosen if chosen is not None else ran.top_down()
-    if not names:
+    steps = _tied(twin, chosen) if chosen is not None else _grouped(twin, ran.top_down())
+    if not steps:
         raise ValueError(
             "model: no module with parameters ran in the forward pass, so nothing can be randomised"
         )
@@ -229,27 +235,29 @@ def randomization_test(
 
     record(first)
     _warn_if_not_reproducible(scores, method)
-    saved = None
-    for name in names:
-        module = twin.get_submodule(name)
+    saved: list[tuple[nn.Module, dict]] = []
+    for step in steps:
+        changed = [twin.get_submodule(name) for name in step.changed]
         if order == "independent":
-            if saved is not None:
-                saved[0].load_state_dict(saved[1])
-            saved = (module, copy.deepcopy(module.state_dict()))
+            for module, state in saved:
+                module.load_state_dict(state)
+            saved = [(m, copy.deepcopy(m.state_dict())) for m in changed]
         # A found layer is a module that owns parameters: its own only (its children are steps of
         # their own). A layer the caller names is re-initialised whole.
-        before = [p.detach().clone() for p in module.parameters()]
-        _randomise(module, generator, reinit, whole=chosen is not None)
-        if all(torch.equal(a, p) for a, p in zip(before, module.parameters(), strict=True)):
+        params = _unique(p for m in changed for p in m.parameters())
+        before = [p.detach().clone() for p in params]
+        modules = [twin.get_submodule(name) for name in step.reset]
+        _randomise(modules, generator, reinit, whole=chosen is not None)
+        if all(torch.equal(a, p) for a, p in zip(before, params, strict=True)):
             warnings.warn(
-                f"randomization_test: re-initialising layer {name!r} left its parameters "
+                f"randomization_test: re-initialising layer {step.name!r} left its parameters "
                 "unchanged (a constant initialisation?), so its step randomises nothing",
                 stacklevel=2,
             )
         record(_explain(method, twin, x, fixed, options))
 
     return RandomizationResult(
-        steps=("original", *names),
+        steps=("original", *(step.name for step in steps)),
         similarity={kind: torch.stack(rows) for kind, rows in scores.items()},
         classes=original.classes,
         order=order,
@@ -422,27 +430,126 @@ class _running_order:
         return list(reversed(self.names))
 
 
-def _randomise(module: nn.Module, generator: torch.Generator, reinit, *, whole: bool) -> None:
+def _randomise(
+    modules: list[nn.Module], generator: torch.Generator, reinit, *, whole: bool
+) -> None:
+    """Re-initialise ``modules`` (one step) under one seed; a parameter they share (tied
+    weights) keeps the value the first of them gave it, so it is re-initialised once."""
     seed = int(torch.randint(2**62, (1,), generator=generator).item())
-    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    devices = sorted(
+        {p.device.index or 0 for m in modules for p in m.parameters() if p.device.type == "cuda"}
+    )
+    done: set[int] = set()  # parameters this step already re-initialised
     # reset_parameters draws from the global RNG: fork it so the caller's stream is untouched.
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        if reinit is not None:
-            reinit(module)
-            return
-        for sub in module.modules() if whole else (module,):
-            if not _owns_parameters(sub):
+        for module in modules:
+            if reinit is not None:
+                _once(module, module.parameters(), done, lambda m=module: reinit(m))
                 continue
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
-                reset()
-                continue
-            for p in sub.parameters(recurse=False):
-                # Unknown initialisation: random values of the trained values' magnitude (RMS),
-                # so that a constant parameter (a learned scale) is randomised too.
-                rms = float(p.detach().double().pow(2).mean().sqrt())
-                p.normal_(0.0, rms if math.isfinite(rms) else 1.0)
+            for sub in module.modules() if whole else (module,):
+                if _owns_parameters(sub):
+                    _once(sub, sub.parameters(recurse=False), done, lambda m=sub: _reset(m))
+
+
+def _once(module: nn.Module, params, done: set[int], reset: Callable[[], None]) -> None:
+    """``reset()``, then put back the parameters of ``module`` that ``done`` already holds."""
+    params = list(params)
+    if params and all(id(p) in done for p in params):
+        return
+    kept = [(p, p.detach().clone()) for p in params if id(p) in done]
+    reset()
+    for p, value in kept:
+        p.copy_(value)
+    done.update(id(p) for p in params)
+
+
+def _reset(module: nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+        return
+    for p in module.parameters(recurse=False):
+        # Unknown initialisation: random values of the trained values' magnitude (RMS),
+        # so that a constant parameter (a learned scale) is randomised too.
+        rms = float(p.detach().double().pow(2).mean().sqrt())
+        p.normal_(0.0, rms if math.isfinite(rms) else 1.0)
+
+
+# -- tied parameters ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Step:
+    """One randomisation step: the modules re-initialised (``reset``, in order) and every module
+    whose parameters that changes (``changed``, which ``name`` lists)."""
+
+    reset: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.changed)
+
+
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """For each parameter, the modules that hold it directly, in registration order."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    return owners
+
+
+def _grouped(model: nn.Module, found: list[str]) -> list[_Step]:
+    """The found layers (top down) as steps, modules sharing a parameter merged into the step of
+    the first of them, with tied modules that did not run named after those that did."""
+    owners = _owners(model)
+    steps, placed = [], set()
+    for name in found:
+        if name in placed:
+            continue
+        group, todo = [name], [name]
+        while todo:  # every module reachable through shared parameters
+            for p in model.get_submodule(todo.pop()).parameters(recurse=False):
+                for other in owners[id(p)]:
+                    if other not in group:
+                        group.append(other)
+                        todo.append(other)
+        rank = {n: i for i, n in enumerate(found)}
+        group.sort(key=lambda n: rank.get(n, len(rank)))
+        placed.update(group)
+        steps.append(_Step(tuple(group), tuple(group)))
+    return steps
+
+
+def _tied(model: nn.Module, chosen: list[str]) -> list[_Step]:
+    """The caller's layers as steps, each naming the modules outside it that its parameters are
+    tied to; two layers sharing a parameter are refused (the second would re-initialise it
+    again; nested layers, which share parameters without a tie, stay allowed)."""
+    owners = _owners(model)
+    steps, claimed = [], {}
+    for name in chosen:
+        params = list(model.get_submodule(name).parameters())
+        inside = {n for n, _ in model.get_submodule(name).named_modules(prefix=name)}
+        changed = [name]
+        for p in params:
+            if id(p) in claimed and len(owners[id(p)]) > 1:
+                raise ValueError(
+                    f"layers: {claimed[id(p)]!r} and {name!r} share a parameter (tied weights), "
+                    "so the first step already re-initialises both; list only one of them"
+                )
+            claimed[id(p)] = name
+            changed += [o for o in owners[id(p)] if o not in inside and o not in changed]
+        steps.append(_Step((name,), tuple(changed)))
+    return steps
+
+
+def _unique(params) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
 
 
 def _number(value: torch.Tensor) -> float | None:

@@ -21,6 +21,7 @@ from ..engine import outputs
 
 __all__ = [
     "Tracked",
+    "check_explains",
     "check_inputs",
     "generator",
     "number",
@@ -130,6 +131,51 @@ def check_inputs(x: object, attribution: object) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten().tolist()
         raise ValueError(f"x: NaN or inf values for samples {bad[:8]}")
+
+
+def check_explains(
+    model: Callable,
+    x: torch.Tensor,
+    attribution: Attribution,
+    output: str | Callable | None,
+    forward_kwargs: dict,
+) -> None:
+    """Refuse ``attribution`` unless the outputs it recorded are the model's at ``x``.
+
+    Every metric that takes a model, inputs and an Attribution calls this first: an attribution
+    of other inputs (``x`` reordered: ``deletion(model, x[perm], a)``), of another model or under
+    another ``output`` would otherwise be measured as if it explained these. The outputs are
+    compared under the ``output`` the attribution recorded (a callable, recorded by name only,
+    is ``output``), within rounding.
+    """
+    recorded = attribution.params.get("output", "logits")
+    if recorded in _OUTPUTS:
+        transform = recorded
+    elif output is not None and not isinstance(output, str):
+        transform = output
+    else:
+        raise ValueError(
+            f"output: the attribution was computed with output={recorded!r}, a callable recorded "
+            "by name only; pass the same callable as output="
+        )
+    seen = outputs(model, x, output=transform, **forward_kwargs)
+    then = attribution.outputs.detach().to(seen)
+    if seen.shape != then.shape:
+        raise ValueError(
+            f"attribution: it recorded outputs {list(then.shape)} but the model gives "
+            f"{list(seen.shape)} at x; it was computed for another model, other inputs or "
+            "another output"
+        )
+    scale = float(seen.abs().max()) + 1.0 if seen.numel() else 1.0
+    close = (seen - then).abs() <= 1e-4 * then.abs() + 1e-5 * scale
+    differ = (~close.all(1)).nonzero().flatten().tolist()
+    if differ:
+        shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")
+        raise ValueError(
+            f"attribution: the outputs it recorded differ from the model's at x for samples "
+            f"[{shown}] of {len(seen)}: it explains other inputs (x reordered or changed since?), "
+            "another model or another output; compute it for this x and model"
+        )
 
 
 def rows_per_chunk(

@@ -52,7 +52,11 @@ ROWS: dict[str, str] = {
     "several": "2 or more classes per sample",
     "all": "every class of the model (classes=None)",
 }
-INPUTS: dict[str, str] = {"any": "any inputs", "images": "images [C, H, W]"}
+INPUTS: dict[str, str] = {
+    "any": "any inputs",
+    "numbers": "inputs with values in between, which it perturbs (not token ids)",
+    "images": "images [C, H, W]",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +74,9 @@ class MetricRecord:
     of a method's Attribution (keys of :data:`saliency.methods.records.PROVIDES`); ``rows`` and
     ``inputs`` what it needs of the run (keys of :data:`ROWS` and :data:`INPUTS`).
     ``not_in_runs`` says why a data-set run cannot compute it per shard (None: it can).
+    ``baseline`` says in words what a map has to beat (or what value is ideal), for the report;
+    ``faithfulness`` marks the metrics that ask whether a map is faithful to the model, which the
+    report lists and sorts by first.
     """
 
     name: str
@@ -84,6 +91,8 @@ class MetricRecord:
     inputs: str = "any"
     directions: Callable[[Mapping[str, object]], Mapping[str, str | None]] | None = None
     not_in_runs: str | None = None
+    baseline: str = ""
+    faithfulness: bool = False
 
     def __post_init__(self) -> None:
         for column, direction in self.columns.items():

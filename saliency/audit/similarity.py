@@ -79,8 +79,7 @@ def spearman_matrix(maps: torch.Tensor) -> torch.Tensor:
 
     Each map is ranked once; the ``K x K`` correlations are one batched matrix product.
     """
-    r = _unit(_standard(ranks(maps)))
-    return r @ r.transpose(-1, -2)
+    return _pearson_matrix(_standard(ranks(maps)))
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,8 +91,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def cosine_matrix(maps: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every pair of maps: ``[..., K, D]`` to ``[..., K, K]``."""
-    u = _unit(maps.to(_work_dtype(maps)))
-    return u @ u.transpose(-1, -2)
+    return _pearson_matrix(maps.to(_work_dtype(maps)))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, dims: int = 2, window: int = 7) -> torch.Tensor:
@@ -207,13 +205,23 @@ def _standard(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(-1, keepdim=True)
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    # 0 / 0 = NaN on purpose: an undefined similarity stays visible.
-    return x / x.norm(dim=-1, keepdim=True)
-
-
+# A correlation is a . b / sqrt((a . a)(b . b)), clamped into [-1, 1]: rounding can step past
+# either end (1.0000000000000002 for a map against itself), and sqrt(s * s) == s exactly in IEEE
+# arithmetic, so a map compared with an equal one gives exactly 1. 0 / 0 = NaN on purpose: an
+# undefined similarity stays visible (clamp keeps NaN).
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (_unit(a) * _unit(b)).sum(-1)
+    a, b = torch.broadcast_tensors(a, b)
+    return _correlation((a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1))
+
+
+def _pearson_matrix(maps: torch.Tensor) -> torch.Tensor:
+    gram = maps @ maps.transpose(-1, -2)
+    own = gram.diagonal(dim1=-2, dim2=-1)
+    return _correlation(gram, own[..., :, None], own[..., None, :])
+
+
+def _correlation(ab: torch.Tensor, aa: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:
+    return (ab / (aa * bb).sqrt()).clamp(-1.0, 1.0)
 
 
 def _ssim_dims(map_ndim: int) -> int:

@@ -79,6 +79,7 @@ def _check_words(args) -> None:
         return
     words.check_model(args.model)
     if args.command == "audit":
+        args.method = args.method or ["gradients"]
         words.check_data(args.data)
         words.check_metrics(args.metrics or [])
     chosen = words.check_methods([args.method] if isinstance(args.method, str) else args.method)

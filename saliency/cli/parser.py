@@ -136,13 +136,15 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
     _model_arguments(a)
     a.add_argument("data", metavar="DATA", help="the data set (see below)")
     a.add_argument("--out", required=True, help="output folder (resumed when it holds this run)")
+    # extend: "--method a --method b" (or --metric, an abbreviation) adds up, never last-wins
     a.add_argument(
-        "--method", nargs="+", default=["gradients"], metavar="METHOD",
+        "--method", nargs="+", action="extend", default=None, metavar="METHOD",
         help=f"one or more of {_method_names()} (default: gradients; see below)",
     )  # fmt: skip
     a.add_argument(
         "--metrics",
         nargs="*",
+        action="extend",
         default=None,
         metavar="METRIC",
         help="per-sample metrics (see below), each measured for the methods it fits (default: "

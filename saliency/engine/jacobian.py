@@ -16,7 +16,7 @@ from .budget import Plan, Sizes, plan
 from .forward import GuardError, refuse_unconnected, run
 from .identity import key_of
 from .probe import forget as forget_probes
-from .probe import identify, probe, ran
+from .probe import identify, keep, probe, ran, refuse_coupling
 from .problem import Problem, make_problem
 from .strategies import STRATEGIES, Chunk, Strategy, quiet_fallbacks
 
@@ -411,7 +411,7 @@ class _Engine:
         self.p = p
         self.stream = stream
         self.ident = identify(p)
-        self.facts, self.fresh = probe(p, self.ident)
+        self.facts, self.fresh, self._alone = probe(p, self.ident)
         # Guards can only object to what they see run. When every module behind the callable
         # is in a state they accept (checked just now), and the probe saw nothing run beyond
         # those modules, their verdict is known: the forward passes run without the hooks.
@@ -540,6 +540,13 @@ class _Engine:
                     guard=self.guard,
                 )
         self._check_facts(f)
+        if self._alone is not None and rows.start == 0:
+            # The probe's first sample alone against the same sample in this batch: coupling
+            # is seen on the real work (a pass on two samples serves when this chunk holds one).
+            in_batch = f.scores.detach()[:1] if rows.stop - rows.start > 1 else None
+            refuse_coupling(p, self._alone, in_batch)
+            self._alone = None
+            keep(self.ident, self.facts)
         if p.layer is None:
             diff = x
         elif s.shared_forward or p.create_graph:

@@ -1,15 +1,17 @@
-"""What the engine learns about a model from two tiny forward passes, cached per model and state.
+"""What the engine learns about a model from one tiny forward pass, cached per model and state.
 
 The probe runs the model on the first sample, guarded, under saved-tensor hooks and with random
 draws seen (:mod:`.draws`: a model that draws random numbers is refused, naming the module). It
 measures the bytes one sample's forward pass saves for the backward pass (planning needs them
 before any real chunk runs), the number of outputs, the shape of the differentiated tensor (the
 input, or a layer's output), and which ``nn.Linear`` produced the scores (the ``head`` strategy's
-candidate). One more pass, without a graph, compares the first sample's scores alone and inside a
-pair: a sample whose scores change with its batch (coupling) would make per-sample gradients
-meaningless, so it is refused here. When the scores differ, the sample alone once more tells
-coupling from randomness drawn outside torch (NumPy's, say), which no operator shows. Whether the
-scores depend on what is differentiated at all is read off the graph, without a backward pass.
+candidate). Whether a sample's scores change with its batch (coupling, which would make
+per-sample gradients meaningless) is checked on the call's real work: the first sample's scores
+alone, from this pass, against the same sample in the call's first row chunk (a pass on two
+samples serves when that chunk holds one sample); when they differ, the sample alone once more
+tells coupling from randomness drawn outside torch (NumPy's, say), which no operator shows. Only
+then are the facts cached. Whether the scores depend on what is differentiated at all is read off
+the graph, without a backward pass.
 
 The cache is keyed on the modules behind the callable (see :mod:`.identity`), the shapes, dtypes
 and devices, the output, the layer, and the state of every module (object and train/eval
@@ -38,7 +40,7 @@ from .forward import GuardError, Pass, refuse_unconnected, run
 from .identity import key_of
 from .problem import Problem, Shared
 
-__all__ = ["Probe", "forget", "probe"]
+__all__ = ["Probe", "forget", "keep", "probe", "refuse_coupling"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -155,22 +157,59 @@ def _walk(root: nn.Module) -> list[nn.Module]:
     return out
 
 
-def probe(p: Problem, ident: tuple[object, tuple] | None) -> tuple[Probe, bool]:
-    """The facts for ``p`` and whether they were measured just now (on its first one or two
-    samples) rather than taken from the cache under ``ident``, from :func:`identify`."""
-    per_model, key = None, None
-    if ident is not None:
-        key = ident.key
-        try:
-            per_model = _CACHE.setdefault(ident.anchor, {})
-        except TypeError:  # not weakly referenceable: measured every time
-            per_model = None
-    if per_model is not None and key in per_model:
-        return per_model[key], False
-    facts = _measure(p)
+def probe(p: Problem, ident: Identity | None) -> tuple[Probe, bool, torch.Tensor | None]:
+    """The facts for ``p``, whether they were measured just now (on its first one or two
+    samples) rather than taken from the cache under ``ident`` (from :func:`identify`), and the
+    first sample's scores alone when the coupling check is left to the call's first row chunk
+    (see :func:`refuse_coupling`; ``None`` when it was done, or is not needed).
+
+    Facts measured just now are cached by :func:`keep`, once that check has passed.
+    """
+    per_model = _per_model(ident)
+    if per_model is not None and ident.key in per_model:
+        return per_model[ident.key], False, None
+    facts, alone = _measure(p)
+    if alone is None:
+        keep(ident, facts)
+    return facts, True, alone
+
+
+def keep(ident: Identity | None, facts: Probe) -> None:
+    """Cache facts measured by :func:`probe` under ``ident``."""
+    per_model = _per_model(ident)
     if per_model is not None:
-        per_model[key] = facts
-    return facts, True
+        per_model[ident.key] = facts
+
+
+def _per_model(ident: Identity | None) -> dict | None:
+    if ident is None:
+        return None
+    try:
+        return _CACHE.setdefault(ident.anchor, {})
+    except TypeError:  # not weakly referenceable: measured every time
+        return None
+
+
+def refuse_coupling(p: Problem, alone: torch.Tensor, in_batch: torch.Tensor | None) -> None:
+    """Refuse a model whose first sample scores differently alone (``alone``, from the probe)
+    and inside a batch (``in_batch``: its scores in the call's first row chunk; ``None`` when
+    that chunk holds it alone, and a pass on the first two samples serves instead).
+
+    When they differ, the sample alone once more tells coupling from randomness drawn outside
+    torch (NumPy's, Python's), which no operator shows.
+    """
+    with _fresh_draws(p.x.device), _failures_explained(p):
+        if in_batch is None:
+            in_batch = _look(p, 2).scores[:1]
+        gap = _differs(alone, in_batch)
+        if gap is None:
+            return
+        again = _look(p, 1)
+        changed = _differs(alone, again.scores)
+        if changed is None:
+            _refuse_coupled(gap)
+        w = again.watch
+        _refuse_random(changed, [w.name(m) for m in dict.fromkeys(w.modules) if m.training])
 
 
 def forget(model: object | None = None) -> None:
@@ -185,7 +224,7 @@ def forget(model: object | None = None) -> None:
         _CACHE.pop(found[0], None)
 
 
-def _measure(p: Problem) -> Probe:
+def _measure(p: Problem) -> tuple[Probe, torch.Tensor | None]:
     held = [m for root in p.owners for m in _walk(root)]
     exclude = {
         _ptr(t)
@@ -202,27 +241,24 @@ def _measure(p: Problem) -> Probe:
         _refuse_unused(one.scores, leaf, p)
         if drawn:
             raise GuardError(draws.message(drawn, one.watch.name))
-        with _failures_explained(p):
-            if p.allow_random:  # the same random numbers: a difference can only be coupling
-                _set_rng_state(p.x.device, state)
-            two = _look(p, min(2, p.batch))
-            if _differs(one.scores, two.scores[:1]) is not None:
-                # Random operators of torch were refused above (or are allowed), so the sample
-                # alone again, with the same random numbers, tells coupling from randomness
-                # drawn outside torch (NumPy, Python's random).
-                _set_rng_state(p.x.device, state)
-                alone = _look(p, 1)
-                if _differs(one.scores, alone.scores) is None:
-                    _refuse_coupled(one, two)
-                elif not p.allow_random:
-                    _refuse_random(one, alone)
+        alone = one.scores.detach()
+        if p.allow_random and p.batch > 1:
+            # The call's passes draw other random numbers than this one: compare here, on a pair
+            # drawing the same ones, so that a difference can only be coupling.
+            _set_rng_state(p.x.device, state)
+            with _failures_explained(p):
+                gap = _differs(alone, _look(p, 2).scores[:1])
+            if gap is not None:
+                _refuse_coupled(gap)
+        if p.allow_random or p.batch == 1:
+            alone = None  # compared above, or nothing to compare with
     head, width = None, 0
     lin = _head_of(one, calls, builtin=p.transform is not None)
     if lin is not None:
         head, width = weakref.ref(lin), lin.in_features
     diff = one.value if p.layer is not None else p.x
     modules = ran(one.watch)
-    return Probe(
+    facts = Probe(
         act=act,
         classes=one.scores.shape[1],
         shape=tuple(diff.shape[1:]),
@@ -232,6 +268,7 @@ def _measure(p: Problem) -> Probe:
         modules=modules,
         within=bool(held) and {key for key, _ in modules} <= {id(m) for m in held},
     )
+    return facts, alone
 
 
 def _pass(p: Problem, n: int, exclude: set[int]) -> tuple[Pass, int, list, torch.Tensor, list]:
@@ -312,33 +349,25 @@ def _head_of(
     return mod
 
 
-def _refuse_coupled(one: Pass, two: Pass) -> None:
-    gap = _differs(one.scores, two.scores[:1])
-    if gap is not None:
-        raise GuardError(
-            f"model: a sample's output changes with the other samples in its batch (largest "
-            f"difference {gap:.3g} between the sample alone and in a batch of two, while alone it "
-            "gives the same output twice), so per-sample Jacobian rows would mix samples. Batch "
-            "statistics (BatchNorm in training mode, or computed by hand) do this; call "
-            "model.eval() first."
-        )
+def _refuse_coupled(gap: float) -> None:
+    raise GuardError(
+        f"model: a sample's output changes with the other samples in its batch (largest "
+        f"difference {gap:.3g} between the sample alone and in a batch, while alone it gives the "
+        "same output twice), so per-sample Jacobian rows would mix samples. Batch statistics "
+        "(BatchNorm in training mode, or computed by hand) do this; call model.eval() first."
+    )
 
 
-def _refuse_random(one: Pass, again: Pass) -> None:
-    gap = _differs(one.scores, again.scores)
-    if gap is None:
-        return
-    names = [one.watch.name(m) for m in one.watch.modules if m.training]
+def _refuse_random(gap: float, training: list[str]) -> None:
     listed = ""
-    if names:
-        listed = f" Modules in training mode that ran: {', '.join(dict.fromkeys(names[:6]))}."
+    if training:
+        listed = f" Modules in training mode that ran: {', '.join(training[:6])}."
     raise GuardError(
         f"model: two forward passes on the same sample gave different outputs (largest "
         f"difference {gap:.3g}): the model is random, so its gradients would be too (random "
         f"numbers from outside torch, such as NumPy's or Python's, which the engine cannot "
-        f"watch).{listed} "
-        "Call model.eval() first, or pass allow_random=True to explain one random draw per "
-        "forward pass."
+        f"watch).{listed} Call model.eval() first, or pass allow_random=True to explain one "
+        "random draw per forward pass."
     )
 
 

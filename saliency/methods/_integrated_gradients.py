@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -63,7 +64,10 @@ def integrated_gradients(
         ``|delta| / |F(x) - F(b)|`` exceeds ``tol``, reusing every point computed so far, up to
         ``max_steps`` points; ``params["steps_used"]`` records each row's count. A row whose
         change ``|F(x) - F(b)|`` is below a thousandth of the sample's largest score is held to
-        that floor instead (as :func:`saliency.audit.completeness` measures).
+        that floor instead (as :func:`saliency.audit.completeness` measures). A row that its
+        rate of convergence shows cannot reach ``tol`` within ``max_steps`` is stopped early;
+        rows left above ``tol`` are counted in ``params["unconverged"]`` (``None`` when all
+        converged), with a warning.
     rule
         ``"gausslegendre"`` (Captum's default, the default here for a fixed ``steps``),
         ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``
@@ -126,8 +130,10 @@ def integrated_gradients(
     integral = path.integral(alphas, weights)  # [B, K, *shape]: the mean gradient on the path
     params = {"baseline": describe(baseline), "steps": steps, "rule": rule, "seed": seed}
     if adaptive:
-        used = refine(path, integral, gap, tol=tol, first=33, cap=max_steps)
-        params.update(tol=tol, max_steps=max_steps, steps_used=used.tolist())
+        used, missed = refine(path, integral, gap, tol=tol, first=33, cap=max_steps)
+        params.update(tol=tol, max_steps=max_steps, steps_used=used.tolist(), unconverged=missed)
+        if missed is not None:
+            _warn_unconverged(missed, tol)
     values = integral.mul_(path.diff.unsqueeze(1))
     delta = values.flatten(2).sum(-1) - gap
     return Attribution(
@@ -201,6 +207,25 @@ class _Path:
         if self.req.layer is None:
             return self.req.jacobian(which, m, budget, held, inputs=values, ids=ids)
         return self.req.jacobian(which, m, budget, held, layer_value=values, ids=ids)
+
+
+def _warn_unconverged(missed: dict, tol: float) -> None:
+    early = missed["stopped_early"]
+    why = (
+        f"; {early} stopped early, their gap shrinking too slowly to reach tol within "
+        "max_steps (a jump or a singular gradient along the path)"
+        if early
+        else ""
+    )
+    warnings.warn(
+        f"integrated_gradients: steps='auto' left {missed['rows']} of {missed['of']} "
+        f"(sample, class) rows above tol={tol} (worst relative gap "
+        f"{missed['worst_relative_gap']:.3g}{why}). Their attributions do not add up to "
+        "F(x) - F(baseline): try another baseline (a zero input is a singular point of "
+        "scale-invariant models), or more points with a fixed steps=. params['unconverged'] "
+        "records this; delta and params['steps_used'] give each row.",
+        stacklevel=3,
+    )
 
 
 def _check_steps(steps: int | str, rule: str | None, tol: float, max_steps: int) -> bool:

@@ -68,7 +68,7 @@ class TokenPicture:
             )
             rows.append(
                 f'<div style="margin:3px 0"><span style="{_LABEL_STYLE}">'
-                f"{html.escape(line.label)}</span> {spans}</div>"
+                f"{_escape(line.label)}</span> {spans}</div>"
             )
         return f'<div class="saliency-tokens" style="{_BOX_STYLE}">{"".join(rows)}</div>'
 
@@ -123,8 +123,8 @@ class TokenPicture:
             if image_args:
                 raise TypeError(f"save: {sorted(image_args)} apply to .png files only")
             page = f'<!DOCTYPE html>\n<meta charset="utf-8">\n{self.html()}\n'
-            with atomic_write(path, "w") as f:
-                f.write(page)
+            with atomic_write(path) as f:  # the bytes the page declares, whatever the locale
+                f.write(page.encode("utf-8"))
         else:
             raise ValueError(f"path: expected a .png or .html file, got {os.fspath(path)!r}")
         return path
@@ -232,11 +232,18 @@ _TOKEN_STYLE = "display:inline-block;padding:0 3px;margin:1px;border-radius:3px;
 
 def _span(token: str, score: float, color: np.ndarray, label: str) -> str:
     r, g, b = (int(c) for c in color)
-    title = html.escape(f"{label} | {score:.4g}", quote=True)
+    title = _escape(f"{label} | {score:.4g}")
     return (
         f'<span title="{title}" style="background-color:#{r:02x}{g:02x}{b:02x};'
-        f'color:{_ink(color)};{_TOKEN_STYLE}">{html.escape(token, quote=True)}</span>'
+        f'color:{_ink(color)};{_TOKEN_STYLE}">{_escape(token)}</span>'
     )
+
+
+def _escape(text: str) -> str:
+    """``text`` for HTML: escaped, with lone surrogates (a tokenizer's half of a character, which
+    UTF-8 cannot encode) shown as U+FFFD and split pairs joined into their character."""
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return html.escape(text, quote=True)
 
 
 def _ink(color: np.ndarray) -> str:

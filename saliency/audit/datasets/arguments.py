@@ -14,7 +14,9 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -32,20 +34,38 @@ __all__ = [
     "check_classes",
     "check_fit",
     "check_ids",
+    "check_labels",
     "check_metrics",
+    "check_out_dir",
     "default_metrics",
     "misfit",
+    "perturbs_inputs",
     "rows_per_sample",
 ]
 
 DEFAULT_METRICS = ("deletion", "class_sensitivity")
 
 
-def default_metrics(classes: object, n_outputs: int | None = None) -> list[str]:
-    """The metrics of a run that names none: :data:`DEFAULT_METRICS`, without
-    ``class_sensitivity`` when each sample gets one row (nothing to compare it with)."""
+def default_metrics(
+    classes: object, n_outputs: int | None = None, *, token_ids: bool = False
+) -> list[str]:
+    """The metrics of a run that names none: :data:`DEFAULT_METRICS`, without those that compare
+    each sample's classes when each sample gets one row (nothing to compare it with), and
+    without those that perturb the inputs when these are token ids."""
     k = rows_per_sample(classes, n_outputs) if n_outputs is not None or classes is not None else 2
-    return [m for m in DEFAULT_METRICS if m != "class_sensitivity" or k >= 2]
+    return [
+        m
+        for m in DEFAULT_METRICS
+        if (_metric(m).rows != "several" or k >= 2)
+        and not (token_ids and perturbs_inputs(_metric(m)))
+    ]
+
+
+def perturbs_inputs(record: metric_records.MetricRecord) -> bool:
+    """Whether a metric perturbs or differentiates the inputs themselves (as its record says:
+    it needs maps of the inputs, or inputs of a kind), which token ids, with no values in
+    between, cannot take."""
+    return record.inputs != "any" or bool({"input_maps", "gradients"} & set(record.needs))
 
 
 def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric_specs.MetricSpec]]:
@@ -68,6 +88,30 @@ def check_metrics(metrics, options, methods: list[str]) -> dict[str, list[metric
         chosen = metrics.get(name, [])
         chosen = [chosen] if isinstance(chosen, str) else list(chosen)
         out[name] = metric_specs.resolve(chosen, {m: options[m] for m in chosen if m in options})
+    return out
+
+
+def check_out_dir(out_dir: object) -> Path:
+    """``out_dir`` as a path a run can create or open: not empty, not a file, not under a file,
+    not a symbolic link to nowhere (checked without writing anything)."""
+    if not isinstance(out_dir, str | os.PathLike):
+        raise TypeError(f"out_dir: expected a folder path, got {type(out_dir).__name__}")
+    if os.fspath(out_dir) == "":
+        raise ValueError(
+            "out_dir: '' is no folder; name one ('.' for the current folder, if it is empty)"
+        )
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(
+                f"out_dir: {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does "
+                "not exist; create that folder or choose another out_dir"
+            )
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside {str(path)!r}, a file"
+                raise NotADirectoryError(f"out_dir: {str(out)!r} {where}, not a folder")
+            break
     return out
 
 
@@ -141,6 +185,25 @@ def check_ids(classes: object, n_outputs: int) -> None:
         )
 
 
+def check_labels(labels: torch.Tensor | None, n_outputs: int, first: int = 0) -> None:
+    """Labels against the model's classes: each must be a class id ``0 .. n_outputs - 1``
+    (``-1`` would count in the last class's row, ``40`` would size the confusion matrix).
+    ``first`` is the data-set index of ``labels[0]``, for the message."""
+    if labels is None or not labels.numel():
+        return
+    bad = ((labels < 0) | (labels >= n_outputs)).nonzero().flatten()
+    if not bad.numel():
+        return
+    shown = bad[:8].tolist()
+    samples = ", ".join(str(first + i) for i in shown) + (", ..." if bad.numel() > 8 else "")
+    values = ", ".join(str(int(labels[i])) for i in shown)
+    raise ValueError(
+        f"data: the labels of samples {samples} are {values}, not class ids of a model with "
+        f"{n_outputs} outputs (0-{n_outputs - 1}); fix the labels, or pass the data without "
+        "labels to audit unlabelled samples"
+    )
+
+
 def rows_per_sample(classes: object, n_outputs: int) -> int:
     """``K``, the rows each sample gets."""
     if classes is None:
@@ -179,16 +242,24 @@ def check_fit(
     methods: list[method_specs.MethodSpec],
     classes: object,
     n_outputs: int,
-    shape: Sequence[int],
+    x: torch.Tensor,
 ) -> None:
     """Refuse, before anything runs, a metric that cannot measure a method's rows: what the
-    method gives, the classes per sample and the kind of samples, as each metric's record
-    says."""
+    method gives, the classes per sample and the kind of samples (``x``: the first ones), as
+    each metric's record says."""
+    shape = x.shape[1:]
     k = rows_per_sample(classes, n_outputs)
     asked = f"classes={_described(classes)} gives {k} per sample"
     for spec in methods:
         for metric in metrics[spec.name]:
             record = metric.record
+            if not x.is_floating_point() and perturbs_inputs(record):
+                raise ValueError(
+                    f"metrics: {metric.name!r} perturbs or differentiates the inputs themselves, "
+                    f"but the data's samples are {x.dtype} (token ids?), which have no values in "
+                    "between; measure attributions of token ids with metrics for any inputs, "
+                    "such as class_sensitivity, completeness or norms"
+                )
             reason = misfit(metric, spec)
             if reason is not None:
                 raise ValueError(

@@ -136,12 +136,7 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
             f"DATA: {str(path)!r} has no class folders; expected one sub-folder of images per "
             "class (for loose images, use saliency explain)"
         )
-    images = {
-        folder: sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        for folder in folders
-    }
+    images = {folder: _images_in(folder) for folder in folders}
     # A folder without images is no class: left out before the labels are chosen, so that it
     # cannot shift the classes of the others.
     empty = [f.name for f in folders if not images[f]]
@@ -159,7 +154,7 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
         channels = channels or shape[0]
         size = size or tuple(shape[1:])
     if size is None or channels is None:
-        first = read_image(files[0], size, channels)  # the first image decides, as in explain
+        first = _first_readable(files, size, channels)  # it decides, as in explain
         size, channels = size or first.shape[:2], channels or first.shape[2]
     one = (channels, *size)
     # Checked once here: a wrong count would otherwise fail on every image alike.
@@ -168,6 +163,34 @@ def _folder(path, shape, size, channels, mean, std, class_names) -> DataFiles:
     dataset = _Images(files, torch.tensor(labels), size, channels, mean, std, one, errors)
     names = [str(f) for f in files]
     return DataFiles(dataset, True, names, [f.name for f in folders], errors, labels_from)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The image files under ``folder``, hidden ones left out: a dotfile or anything inside a
+    hidden folder (``.ipynb_checkpoints``, ``.git``) is no sample."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _first_readable(files: list[Path], size, channels) -> np.ndarray:
+    """The first image that can be read (it fixes the size and channels); those before it are
+    read again, and skipped and named, by the run."""
+    first_error = ""
+    for path in files:
+        try:
+            return read_image(path, size, channels)
+        except Exception as e:  # decoders raise many types; the next image may be fine
+            if path == files[0]:
+                first_error = f"{path}: {e or type(e).__name__}"
+    raise ValueError(
+        f"DATA: none of the {len(files)} images can be read (the first, {first_error}); give "
+        "image files (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM)"
+    )
 
 
 def _folder_ids(
@@ -187,15 +210,25 @@ def _folder_ids(
             )
         if matched:
             return [known.index(n) for n in names], "folder names = the model's classes"
-    numbers = [n for n in names if n.isdigit()]
+    # Decimal digits of any script are ids (int() reads them); '²' is a digit but no number.
+    numbers = [n for n in names if n.isdecimal()]
     if numbers and len(numbers) < len(names):
-        strangers = [n for n in names if not n.isdigit()]
+        strangers = [n for n in names if not n.isdecimal()]
         raise ValueError(
             f"DATA: in {str(path)!r}, folders {numbers} are class ids but {strangers} are not; "
             "rename or remove those folders (or name every folder by its class)"
         )
     if numbers:
-        return [int(n) for n in names], "folder names = class ids"
+        ids = [int(n) for n in names]
+        seen: dict[int, str] = {}
+        for name, i in zip(names, ids, strict=True):
+            if i in seen:
+                raise ValueError(
+                    f"DATA: in {str(path)!r}, folders {seen[i]!r} and {name!r} both name class "
+                    f"{i}; merge them or rename one"
+                )
+            seen[i] = name
+        return ids, "folder names = class ids"
     return list(range(len(names))), "folders in sorted order = classes 0, 1, ..."
 
 
@@ -206,8 +239,14 @@ def _some(names: list[str], shown: int = 10) -> str:
 def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            held = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                held = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors' own error type, for any damaged header
+            raise ValueError(
+                f"DATA: {str(path)!r} cannot be read as safetensors ({e}); it is damaged or "
+                "not a safetensors file"
+            ) from e
     elif suffix in (".pt", ".pth"):
         try:
             held = torch.load(path, map_location="cpu", weights_only=True)
@@ -218,7 +257,7 @@ def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             ) from e
         held = {"x": held} if isinstance(held, torch.Tensor) else held
     elif suffix == ".npy":
-        held = {"x": torch.from_numpy(np.load(path, allow_pickle=False))}
+        held = {"x": _npy(path)}
     else:
         raise ValueError(f"DATA: {str(path)!r} is not a .safetensors, .pt or .npy tensor file")
     if not isinstance(held, dict) or "x" not in held:
@@ -234,6 +273,28 @@ def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             )
         y = y.long()
     return x.to(torch.float32, copy=True), y
+
+
+def _npy(path: Path) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(
+                f"DATA: {str(path)!r} holds Python objects (an object array), which are not read: "
+                "unpickling can run code; save numbers, e.g. np.save(path, x.astype(np.float32))"
+            ) from None
+        raise ValueError(f"DATA: {str(path)!r} cannot be read as .npy ({e})") from e
+    except (OSError, EOFError) as e:
+        raise ValueError(f"DATA: {str(path)!r} cannot be read as .npy ({e})") from e
+    if not array.dtype.isnative:  # torch reads native byte order only
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"DATA: {str(path)!r} holds {array.dtype} values; expected numbers (bool, integer or "
+            "floating point)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _normalise(x: torch.Tensor, mean, std, what: str) -> torch.Tensor:

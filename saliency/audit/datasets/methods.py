@@ -100,9 +100,11 @@ def call(
     max_memory: int | None,
     strategy: str | None,
     seed: int,
+    forward: Mapping[str, torch.Tensor] | None = None,
 ) -> Attribution:
-    """Run one method on one batch and check what it returns."""
-    options: dict = {"output": output}
+    """Run one method on one batch (``forward``: the batch's per-sample model arguments) and
+    check what it returns."""
+    options: dict = {"output": output, **(forward or {})}
     if max_memory is not None:
         options["max_memory"] = max_memory
     if spec.takes_strategy and strategy is not None and not _fixed(spec.func, "strategy"):

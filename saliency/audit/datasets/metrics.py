@@ -47,6 +47,7 @@ class Batch:
     output: object
     max_memory: int | None
     seed_for: Callable[[str], int]
+    forward: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ def _compute(
         unknown = sorted(set(options) - set(parameters))
         if unknown:
             raise TypeError(f"metric_options[{name!r}]: {name} takes no {unknown}")
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            kwargs.update(b.forward)  # the samples' per-sample model arguments
         return columns(record, func(*args, **kwargs), b.attribution)
 
     return compute

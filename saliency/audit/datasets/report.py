@@ -1,45 +1,59 @@
-"""``report.html``: one self-contained page to share an audit (no network: pictures are inlined).
+"""``report.html``: one self-contained page to share an audit (nothing fetched, pictures inlined).
 
-It shows the run's configuration, the confusion matrix, and per method: the mean map of the
-predicted class in each cell of the confusion matrix, the distribution of every metric (PNG plots
-drawn with matplotlib's Agg backend), and the worst and best samples of every metric whose
-direction is known (the lowest and highest of the others) as pictures.
+It opens with what was run, in words; then the confusion matrix; then, per method: one line per
+metric (what it measures, which way is better, how it compares with its random reference, its
+docs page), the statistics of every column, the mean map of the predicted class in each cell of
+the confusion matrix with the mean input under it, the distribution of every metric, the worst
+and best samples of every metric spread over classes, and every sample in an explorer that
+filters by true class, predicted class and correctness and sorts by any metric (in the page,
+without a server).
+
+The parts live beside it: :mod:`.report_header` (the run in words, the confusion matrix),
+:mod:`.report_metrics` (what each metric is), :mod:`.report_rows` (one pass over the shards),
+:mod:`.report_samples` (worst and best, the explorer) and :mod:`.report_pictures` (a sample's
+picture, drawn by one function chosen by the kind of data).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
-import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from safetensors.torch import load_file
 
-from saliency import viz
 from saliency._atomic import atomic_write
-from saliency.viz.labels import class_label
+from saliency.viz import html as shell
 
-__all__ = ["write_report"]
+from . import report_samples as samples
+from .report_header import anchor, confusion, contents, fmt, header, label
+from .report_metrics import MetricInfo, docs_link, metric_info
+from .report_pictures import Painter, kind_of
+from .report_rows import Column, MethodRows, read_rows
 
-_FULL_MATRIX = 12  # up to this many classes, every cell of the confusion matrix is drawn
+__all__ = ["MetricInfo", "metric_info", "write_report"]
+
+_FULL_MATRIX = 12  # up to this many classes, the mean maps are a full label x prediction table
 _CELLS = 40  # otherwise: the diagonal's first cells and the most frequent confusions
-_STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
-h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; }
-td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
-th { background: #f4f4f4; } td.diag { background: #e8f3e8; }
-img { max-width: 100%; image-rendering: pixelated; }
-.row { display: flex; flex-wrap: wrap; gap: 0 1em; } .row p { margin: 0.3em 0; }
-.note { color: #666; } code { background: #f4f4f4; padding: 0 3px; }
-"""
+_PICTURED = 400  # samples pictured in the explorer at most (fewer for large pictures)
+_PAGE_BYTES = 8_000_000  # what the explorer's pictures may take, about
+_CHUNK = 64  # samples fetched (and recomputed) at a time
+
+
+@dataclass
+class _Run:
+    out: Path
+    manifest: dict
+    summary: dict
+    fetch: Callable
+    names: list[str] | None
+    painter: Painter
+    inputs: Callable[[Sequence[int]], torch.Tensor] | None
 
 
 def write_report(
@@ -50,26 +64,40 @@ def write_report(
     class_names: Sequence[str] | None = None,
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
+    inputs: Callable[[Sequence[int]], torch.Tensor] | None = None,
+    tokens: Callable[[torch.Tensor], list[list[str]]] | None = None,
 ) -> Path:
     """Write ``out / "report.html"`` from the summary, its maps, and ``fetch`` for pictures.
 
-    ``fetch(method, samples)`` returns the inputs of ``samples``, one method's Attribution rows
-    for them, and the samples found (see ``_Job.fetch``).
+    ``fetch(method, wanted)`` returns the inputs of the samples in ``wanted`` (sample -> class
+    ids), one dict class -> map per sample found, and the samples found (see ``finisher.Pictures``).
+    ``inputs(samples)``, when given, returns the inputs of ``samples`` (for the mean inputs under
+    the mean maps); ``tokens(ids)`` the strings of token ids ``[n, T]``.
     """
     manifest = json.loads((out / "manifest.json").read_text())
     maps = load_file(out / "summary.safetensors")
-    names = list(class_names) if class_names is not None else None
-    parts = [_overview(manifest, summary), _confusion(summary, names)]
-    for method, entry in summary["methods"].items():
-        parts.append(f"<h2>{_e(method)}</h2>")
-        parts.append(_stats_table(entry))
-        parts.append(_mean_maps(method, entry, maps, names))
-        parts.append(_distributions(method, entry, names))
-        parts.append(_extremes(method, entry, fetch, names, mean, std))
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<title>saliency audit</title>"
-        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    data = manifest["data"]
+    run = _Run(
+        out,
+        manifest,
+        summary,
+        fetch,
+        list(class_names) if class_names is not None else None,
+        Painter(kind_of(data["shape"], data["dtype"]), mean=mean, std=std, tokens=tokens),
+        inputs,
+    )
+    methods = list(summary["methods"])
+    rows = {m: _rows(run, m) for m in methods}
+    mean_inputs = _mean_inputs(run, rows)
+    parts = [header(manifest, summary, run.names), contents(methods), confusion(summary, run.names)]
+    for method in methods:
+        parts.append(_method(run, method, rows[method], maps, mean_inputs))
+    title = f"Audit report: {manifest['model']['type']}"
+    page = shell.page(
+        title,
+        "<main>\n" + "\n".join(parts) + "\n</main>",
+        style=shell.asset("report.css", __package__),
+        script=shell.asset("report.js", __package__),
     )
     path = out / "report.html"
     with atomic_write(path, "w") as f:
@@ -77,68 +105,102 @@ def write_report(
     return path
 
 
-# -- sections -------------------------------------------------------------------------------------
+# -- one method ------------------------------------------------------------------------------------
 
 
-def _overview(manifest: dict, summary: dict) -> str:
-    config = manifest["config"]
-    rows = [
-        ("samples", summary["samples"]),
-        ("explained", summary["explained"]),
-        ("skipped", len(summary["skipped"])),
-        ("accuracy", _fmt(summary.get("accuracy"))),
-        ("methods", ", ".join(config["methods"])),
-        (
-            "metrics",
-            "; ".join(f"{m}: {', '.join(n) or 'none'}" for m, n in config["metrics"].items()),
-        ),
-        ("classes", json.dumps(config["classes"])),
-        ("output", json.dumps(config["output"])),
-        ("batch size", config["batch_size"]),
-        ("seed", config["seed"]),
-        ("strategy", manifest.get("strategy")),
-        ("model", f"{manifest['model']['type']} {manifest['model']['fingerprint']}"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())),
+def _rows(run: _Run, method: str) -> MethodRows:
+    entry = run.summary["methods"][method]
+    columns = [
+        Column(key, info["per"] != "sample", info.get("better"), info.get("kind") == "flag")
+        for key, info in entry["columns"].items()
     ]
-    table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    skipped = ""
-    if summary["skipped"]:
-        items = "".join(
-            f"<li>sample {s['index']}: {_e(s['reason'])}</li>" for s in summary["skipped"][:50]
-        )
-        skipped = f"<h3>Skipped samples</h3><ul>{items}</ul>"
-    return f"<h1>Audit report</h1><table>{table}</table>{skipped}"
+    references = {}
+    for metric in {c.metric for c in columns}:
+        info = metric_info(metric)
+        if info.reference is not None:
+            references[metric] = info.reference
+    return read_rows(run.out, run.manifest, method, columns, references)
 
 
-def _confusion(summary: dict, names) -> str:
-    matrix = summary.get("confusion")
-    if matrix is None:
-        counts = summary["predicted_counts"]
-        cells = "".join(
-            f"<tr><th>{_e(_label(c, names))}</th><td>{n}</td></tr>" for c, n in enumerate(counts)
-        )
-        return f"<h2>Predictions</h2><table><tr><th>class</th><th>samples</th></tr>{cells}</table>"
-    if len(matrix) > 50:
-        return "<h2>Confusion matrix</h2><p class='note'>Over 50 classes: see summary.json.</p>"
-    head = "".join(f"<th>{_e(_label(c, names))}</th>" for c in range(len(matrix)))
+def _method(run: _Run, method: str, rows: MethodRows, maps: dict, mean_inputs: dict) -> str:
+    entry = run.summary["methods"][method]
+    picked, wanted = samples.extremes(rows)
+    cap = min(_PICTURED, _picture_budget(run))
+    listed, pictured = samples.explorer_samples(rows, picked, cap)
+    where = samples.position(rows)
+    for s in pictured:
+        wanted.setdefault(s, set()).add(int(rows.predicted[where[s]]))
+    pictures = _pictures(run, method, wanted)
+    parts = [
+        f"<section id='{anchor(method)}'><h2>{shell.escape(method)}</h2>",
+        _metrics_table(rows, entry),
+        _columns_table(entry),
+        _mean_maps(run, method, entry, maps, mean_inputs),
+        samples.cards_of_extremes(rows, picked, pictures, run.names),
+        samples.explorer(method, rows, listed, pictures, run.names, run.painter.kind),
+        _distributions(entry, run.names),
+        "</section>",
+    ]
+    return "\n".join(parts)
+
+
+def _metrics_table(rows: MethodRows, entry: dict) -> str:
+    metrics = list(dict.fromkeys(c.metric for c in rows.columns if "." in c.key))
+    if not metrics:
+        return ""
     body = ""
-    for label, row in enumerate(matrix):
-        cells = "".join(
-            f"<td class='diag'>{n}</td>" if label == p else f"<td>{n or ''}</td>"
-            for p, n in enumerate(row)
+    for metric in metrics:
+        info = metric_info(metric)
+        columns = {k: v for k, v in entry["columns"].items() if k.startswith(metric + ".")}
+        result = []
+        for key, column in columns.items():
+            field = key.partition(".")[2]
+            stats = column["all"]
+            if column.get("kind") == "flag":
+                if "mean" in stats:
+                    result.append(f"{field}: {stats['mean']:.1%} of {_per(column)}")
+            elif "better" in column and "median" in stats:
+                result.append(
+                    f"{field}: median {fmt(stats['median'])} "
+                    f"(5\u201395%: {fmt(stats['q05'])} to {fmt(stats['q95'])}), "
+                    f"{column['better']} is better"
+                )
+        baseline = shell.escape(info.baseline)
+        tally = rows.against_random.get(metric)
+        if tally is not None:
+            baseline += _against(info.reference[0], tally)
+        better = ", ".join(f"{k}: {v}" for k, v in info.better.items()) or "no direction"
+        body += (
+            f"<tr><th>{docs_link(info)}</th><td>{shell.escape(info.measures)}"
+            f"<div class='rp-note'>Better: {shell.escape(better)}.</div></td>"
+            f"<td>{'<br>'.join(shell.escape(r) for r in result) or '&mdash;'}</td>"
+            f"<td>{baseline}</td></tr>"
         )
-        body += f"<tr><th>{_e(_label(label, names))}</th>{cells}</tr>"
     return (
-        "<h2>Confusion matrix</h2><p class='note'>Rows: label; columns: predicted.</p>"
-        f"<table><tr><th></th>{head}</tr>{body}</table>"
+        "<h3>Metrics</h3><table class='rp-metrics'><tr><th>metric</th><th>what it measures</th>"
+        f"<th>result</th><th>random baseline</th></tr>{body}</table>"
     )
 
 
-def _stats_table(entry: dict) -> str:
+def _against(column: str, tally: list) -> str:
+    """How often the map beats its random order: over the predicted classes' rows, and all."""
+    parts = []
+    for at, rows in ((4, "rows of the predicted class"), (0, "rows of every class")):
+        beaten, total, mine, other = tally[at : at + 4]
+        if total:
+            parts.append(
+                f"{rows}: <b>{beaten / total:.0%}</b> ({int(beaten)} of {int(total)}; mean "
+                f"{shell.escape(column)} {fmt(mine)}, random {fmt(other)})"
+            )
+    return "<div class='rp-against'>The map beats random order in " + "; ".join(parts) + ".</div>"
+
+
+def _columns_table(entry: dict) -> str:
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("column", "per", "better", "rows", "mean", "q05", "median", "q95", "non-finite")
-    )
+        for h in ("column", "one value per", "better", "rows", "mean", "q05", "median", "q95",
+                  "non-finite")
+    )  # fmt: skip
     body = ""
     for column, info in entry["columns"].items():
         s = info["all"]
@@ -147,56 +209,84 @@ def _stats_table(entry: dict) -> str:
             info["per"],
             info.get("better", ""),
             s["count"],
-            _fmt(s.get("mean")),
-            _fmt(s.get("q05")),
-            _fmt(s.get("median")),
-            _fmt(s.get("q95")),
+            fmt(s.get("mean")),
+            fmt(s.get("q05")),
+            fmt(s.get("median")),
+            fmt(s.get("q95")),
             s["nonfinite"],
         ]
-        body += "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
-    return f"<h3>Metrics</h3><table><tr>{head}</tr>{body}</table>"
+        body += "<tr>" + "".join(f"<td>{shell.escape(c)}</td>" for c in cells) + "</tr>"
+    return (
+        "<details><summary>Every column's statistics</summary>"
+        f"<table class='rp-columns'><tr>{head}</tr>{body}</table></details>"
+    )
 
 
-def _mean_maps(method: str, entry: dict, maps: dict, names) -> str:
+def _mean_maps(run: _Run, method: str, entry: dict, maps: dict, mean_inputs: dict) -> str:
     cells = entry["maps"]["cells"]
+    title = "<h3>Mean maps of the predicted class</h3>"
     if not cells:
-        return "<p class='note'>No mean maps: no sample's predicted class was explained.</p>"
+        return title + (
+            "<p class='rp-note'>No mean maps: no sample's predicted class was explained.</p>"
+        )
     means = maps[f"{method}/cell_means"]
     found = {(c[0], c[1]): (i, c[2]) for i, c in enumerate(cells)}
     labelled = any(c[0] >= 0 for c in cells)
-    classes = sorted({c[1] for c in cells} | {c[0] for c in cells if c[0] >= 0})
-    image_like = means.ndim in (3, 4)
-    title = "<h3>Mean maps of the predicted class</h3>"
-    if labelled:
-        title += (
-            "<p class='note'>Row: label, column: predicted class; each picture is the mean map "
-            "of the predicted class over the samples in that cell of the confusion matrix "
-            "(count in brackets).</p>"
+    if "int" in str(run.manifest["data"]["dtype"]):
+        return title + (
+            "<p class='rp-note'>None for token ids: a position holds another token in every "
+            "sample, so a mean over samples would mix them.</p>"
         )
-    if not image_like:
-        return title + _img(_feature_maps(means, cells, names))
+    if run.painter.kind != "image":
+        return title + _img(_feature_maps(means, cells, run.names))
+    note = (
+        "Each cell: the mean map of the predicted class over the samples with that true class "
+        "(row) and prediction (column), the mean of their inputs under it, and how many they "
+        "are."
+        if labelled
+        else "Each cell: the mean map of the predicted class over the samples predicted so, "
+        "the mean of their inputs under it, and how many they are."
+    )
+    title += f"<p class='rp-note'>{note} Zero is white; red raises the class's score, blue "
+    title += "lowers it; each map has its own scale.</p>"
+
+    def cell(key) -> str:
+        hit = found.get(key)
+        if hit is None:
+            return "<td></td>"
+        i, count = hit
+        under = mean_inputs.get(key)
+        picture = f"<img class='rp-map' alt='mean map' src='{run.painter.map_uri(means[i])}'>"
+        if under is not None:
+            picture += f"<img class='rp-in' alt='mean input' src='{run.painter.input_uri(under)}'>"
+        tip = shell.escape(_cell_label([key[0], key[1], count], run.names))
+        return f"<td class='rp-cell' title='{tip}'>{picture}<span>{count}</span></td>"
+
+    classes = sorted({c[1] for c in cells} | {c[0] for c in cells if c[0] >= 0})
     if labelled and len(classes) <= _FULL_MATRIX:
         n = max(classes) + 1
-        tiles, labels = [], []
-        blank = Image.new("RGB", tuple(means.shape[-2:][::-1]), "white")
-        for label in range(n):
-            for pred in range(n):
-                hit = found.get((label, pred))
-                tiles.append(viz.heatmap(means[hit[0]], sign="all") if hit else blank)
-                labels.append(
-                    f"{_label(label, names)}>{_label(pred, names)} ({hit[1]})" if hit else ""
-                )
-        picture = viz.grid(tiles, rows=n, labels=labels, min_size=64)
-        return title + _img(picture)
+        head = "".join(f"<th>{shell.escape(label(p, run.names))}</th>" for p in range(n))
+        body = ""
+        for truth in range(n):
+            row = "".join(cell((truth, pred)) for pred in range(n))
+            body += f"<tr><th>{shell.escape(label(truth, run.names))}</th>{row}</tr>"
+        return (
+            f"{title}<table class='rp-means'><tr><th>true \\ predicted</th>{head}</tr>{body}"
+            "</table>"
+        )
     ordered = sorted(
         range(len(cells)), key=lambda i: (cells[i][0] != cells[i][1], -cells[i][2], i)
     )[:_CELLS]
-    tiles = [viz.heatmap(means[i], sign="all") for i in ordered]
-    labels = [_cell_label(cells[i], names) for i in ordered]
-    return title + _img(viz.grid(tiles, labels=labels, min_size=64))
+    cards = "".join(
+        "<div class='rp-card'>"
+        + cell((cells[i][0], cells[i][1])).replace("<td", "<div").replace("</td>", "</div>")
+        + f"<div class='rp-cap'>{shell.escape(_cell_label(cells[i], run.names))}</div></div>"
+        for i in ordered
+    )
+    return f"{title}<div class='rp-cards'>{cards}</div>"
 
 
-def _distributions(method: str, entry: dict, names) -> str:
+def _distributions(entry: dict, names) -> str:
     """One figure for the method: per column, the percentiles over all rows and per class."""
     shown = [
         (column, info)
@@ -206,7 +296,7 @@ def _distributions(method: str, entry: dict, names) -> str:
     if not shown:
         return ""
     # One figure, laid out by hand: a figure per column, or tight_layout, costs ten times more.
-    fig = Figure(figsize=(9, 2.2 * len(shown)), dpi=72)
+    fig = Figure(figsize=(10, 2.2 * len(shown)), dpi=72)
     fig.subplots_adjust(
         left=0.08,
         right=0.98,
@@ -229,65 +319,62 @@ def _distributions(method: str, entry: dict, names) -> str:
             right.plot([x, x], [s["q05"], s["q95"]], color="#999")
             right.plot([x, x], [s["q25"], s["q75"]], color="#2e6db4", linewidth=6)
             right.plot([x], [s["median"]], marker="_", color="black", markersize=12)
-        right.set_xticks(range(len(classes)), [_label(c, names) for c in classes], fontsize=8)
+        right.set_xticks(range(len(classes)), [label(c, names) for c in classes], fontsize=8)
         right.set_xlabel(
-            ("class" if info["per"] == "sample and class" else "sample's class")
+            ("class explained" if info["per"] == "sample and class" else "sample's class")
             + ": 5, 25, 50, 75, 95th percentiles"
         )
-    return "<h3>Metric distributions</h3>" + _img(fig)
+    return (
+        "<details><summary>Distributions of every metric, over all rows and per class</summary>"
+        + _img(fig)
+        + "</details>"
+    )
 
 
-def _extremes(method, entry, fetch, names, mean, std) -> str:
-    """Pictures of the worst and best samples of every column whose direction is known; the
-    lowest and highest of the other columns as lists."""
-    pictured, listed = [], []
-    for column, info in entry["columns"].items():
-        if info.get("kind") == "flag":
-            continue
-        if "better" in info:
-            worst = "highest" if info["better"] == "lower" else "lowest"
-            best = "lowest" if worst == "highest" else "highest"
-            faithful = _faithfulness(column)
-            pictured.append((column, "least faithful" if faithful else "worst", info[worst]))
-            pictured.append((column, "most faithful" if faithful else "best", info[best]))
-        else:
-            listed += [(column, "lowest", info["lowest"]), (column, "highest", info["highest"])]
-    parts = []
-    wanted: dict[int, list[int]] = {}
-    for _, _, items in pictured:
-        for item in items:
-            classes = wanted.setdefault(item["index"], [])
-            if item["class"] not in classes:
-                classes.append(item["class"])
-    if wanted:
-        x, maps, found = fetch(method, wanted)
-        position = {s: p for p, s in enumerate(found)}
-        pictures = None
-        if x.ndim == 4:
-            pictures = viz.enlarge(viz.input_pictures(x, mean=mean, std=std))
-        parts.append("<h3>Worst and best samples</h3>")
-        for column, kind, items in pictured:
-            tiles, labels = [], []
-            for item in items:
-                p = position.get(item["index"])
-                if pictures is None or p is None or item["class"] not in maps[p]:
-                    continue
-                picture = viz.overlay(
-                    pictures[p], maps[p][item["class"]], sign="all", value_range=(0.0, 1.0)
-                )
-                tiles.append(picture)
-                labels.append(_item(item, names))
-            parts.append(f"<h4>{_e(column)}: {_e(kind)}</h4>")
-            if tiles:
-                parts.append(_img(viz.grid(tiles, labels=labels, rows=1)))
-            else:
-                parts.append(_list(items, names))
-    if listed:
-        inner = "".join(f"<h4>{_e(c)}: {_e(k)}</h4>{_list(items, names)}" for c, k, items in listed)
-        parts.append(
-            f"<details><summary>Lowest and highest of the other columns</summary>{inner}</details>"
-        )
-    return "".join(parts)
+# -- pictures --------------------------------------------------------------------------------------
+
+
+def _pictures(run: _Run, method: str, wanted: dict[int, set[int]]) -> dict[tuple[int, int], str]:
+    """HTML pictures of (sample, class) pairs, fetched a few samples at a time."""
+    out = {}
+    samples = sorted(wanted)
+    for start in range(0, len(samples), _CHUNK):
+        chunk = {s: sorted(wanted[s]) for s in samples[start : start + _CHUNK]}
+        x, maps, found = run.fetch(method, chunk)
+        for p, s in enumerate(found):
+            for c in chunk[s]:
+                if c in maps[p]:
+                    out[(s, c)] = run.painter.card_picture(x[p], maps[p][c])
+    return out
+
+
+def _mean_inputs(run: _Run, rows: dict[str, MethodRows]) -> dict[tuple[int, int], torch.Tensor]:
+    """The mean input of every (true class, predicted class) cell, for image data."""
+    if run.inputs is None or run.painter.kind != "image" or not rows:
+        return {}
+    first = next(iter(rows.values()))
+    truth = first.label if first.label is not None else np.full(len(first.index), -1)
+    sums: dict[tuple[int, int], torch.Tensor] = {}
+    counts: dict[tuple[int, int], int] = {}
+    samples = first.index.tolist()
+    keys = list(zip(truth.tolist(), first.predicted.tolist(), strict=True))
+    for start in range(0, len(samples), 256):
+        x = run.inputs(samples[start : start + 256]).detach().double().cpu()
+        for j, key in enumerate(keys[start : start + 256]):
+            sums[key] = sums[key] + x[j] if key in sums else x[j].clone()
+            counts[key] = counts.get(key, 0) + 1
+    return {key: (sums[key] / counts[key]).float() for key in sums}
+
+
+def _picture_budget(run: _Run) -> int:
+    """How many samples the explorer can picture within about ``_PAGE_BYTES``."""
+    if run.painter.kind != "image":
+        return _PICTURED
+    h, w = run.manifest["data"]["shape"][-2:]
+    factor = -(-max(h, w) // 112)
+    pixels = -(-h // factor) * -(-w // factor)
+    per_sample = 2 * pixels * 3 * 0.6 * 4 / 3 + 400  # two PNGs of photo-like content, base64
+    return max(48, int(_PAGE_BYTES / per_sample))
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -304,42 +391,20 @@ def _feature_maps(means: torch.Tensor, cells: list, names) -> Figure:
     )
     ax.set_yticks(range(rows), [_cell_label(c, names) for c in cells[:rows]], fontsize=8)
     ax.set_xlabel("feature")
+    fig.colorbar(ax.images[0], ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig
 
 
-def _item(item: dict, names) -> str:
-    return f"#{item['index']} class {_label(item['class'], names)}: {_fmt(item['value'])}"
-
-
-def _list(items: list, names) -> str:
-    return "<ul>" + "".join(f"<li>{_e(_item(i, names))}</li>" for i in items) + "</ul>"
-
-
-def _faithfulness(column: str) -> bool:
-    return column.split(".")[0] in {"deletion", "insertion", "infidelity", "road", "completeness"}
+def _per(column: dict) -> str:
+    return "rows" if column["per"] == "sample and class" else "samples"
 
 
 def _cell_label(cell: list, names) -> str:
-    label, pred, count = cell
-    if label < 0:
-        return f"predicted {_label(pred, names)} ({count})"
-    return f"{_label(label, names)}>{_label(pred, names)} ({count})"
-
-
-def _label(c: int, names) -> str:
-    try:
-        return class_label(c, names)
-    except ValueError:
-        return str(c)
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
+    truth, pred, count = cell
+    if truth < 0:
+        return f"predicted {label(pred, names)} ({count})"
+    return f"true {label(truth, names)}, predicted {label(pred, names)} ({count})"
 
 
 def _img(picture: object) -> str:
@@ -348,11 +413,8 @@ def _img(picture: object) -> str:
     if isinstance(picture, Figure):
         # No metadata: the same figure gives the same bytes, run after run.
         picture.savefig(buffer, format="png", metadata={"Software": None})
-    else:
-        picture.save(buffer, format="PNG", compress_level=6)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<p><img alt='' src='data:image/png;base64,{data}'></p>"
+        from PIL import Image
 
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
+        buffer.seek(0)
+        picture = Image.open(buffer)
+    return f"<p><img class='rp-figure' alt='' src='{shell.png_uri(picture)}'></p>"

@@ -18,11 +18,13 @@ Examples
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from saliency.engine import outputs
+
+from .sources import Samples
 
 __all__ = ["finite_inputs", "screen"]
 
@@ -34,6 +36,7 @@ def screen(
     output: object,
     whole_batch_may_fail: bool = False,
     index: Sequence[int] | None = None,
+    forward: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[int, str]]:
     """Which samples of ``x`` to explain (bool ``[B]``), and why each other one is left out.
 
@@ -41,19 +44,26 @@ def screen(
     samples': the batch's error is raised, unless ``whole_batch_may_fail`` (some sample of the
     data is known to pass, so this batch is merely all bad). ``index`` holds the data set's
     number of each sample of ``x``: a raised error names those, not positions in the batch.
+    ``forward`` holds the per-sample arguments of the model, which follow their samples.
     """
     keep, problems = finite_inputs(x)
     rows = keep.nonzero().flatten().tolist()
     if not rows:
         return keep, problems
+    batch = Samples(x, None, dict(forward or {}))
+
+    def run(picked: list[int]) -> None:
+        part = batch.take(picked)
+        outputs(model, part.x, output=output, **part.forward)
+
     try:
-        outputs(model, x[rows], output=output)
+        run(rows)
         return keep, problems
     except ValueError as batch_error:
         failed = {}
         for i in rows:
             try:
-                outputs(model, x[i : i + 1], output=output)
+                run([i])
             except ValueError as e:
                 failed[i] = _reason(e)
         if not failed or (len(failed) == len(rows) and not whole_batch_may_fail):
