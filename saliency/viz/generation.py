@@ -3,7 +3,8 @@
 Three views of one grid: :func:`generation_image` (a PIL heat map with token labels, drawn with
 Pillow; :func:`save_generation_images` writes one PNG per sample, no matplotlib), :func:`html_view`
 (hover a generated token to light up the context it came from; self-contained, escaped, the
-``_repr_html_`` of the result) and :func:`plot_generation` (a matplotlib figure for notebooks).
+``_repr_html_`` of the result; on the shell of every HTML view, :mod:`saliency.viz.html`) and
+:func:`plot_generation` (a matplotlib figure for notebooks).
 
 Each row is scaled on its own by default (``normalize="row"``): steps differ in magnitude by
 orders (a confident step has small gradients), and a row is read against itself. Cells a step
@@ -30,8 +31,6 @@ True
 from __future__ import annotations
 
 import base64
-import hashlib
-import html
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from PIL import Image, ImageDraw
 from saliency._atomic import atomic_write
 from saliency.viz.colormaps import DIVERGING, lookup_table
 from saliency.viz.draw import _font
+from saliency.viz.html import colour_bar, escape, fragment, page, script_data, view_id
 from saliency.viz.png import write_png
 
 __all__ = [
@@ -325,38 +325,61 @@ def html_view(
 
     ``normalize``, ``percentile`` and ``cmap`` are as for :func:`generation_image`.
     """
+    body, script = _view(attribution, max_samples, normalize, percentile, cmap)
+    return fragment(body, style=_STYLE, script=script)
+
+
+def html_page(attribution: object, path: str | os.PathLike | None = None, **view_args) -> str:
+    """:func:`html_view` as a whole page that fetches nothing (its Content-Security-Policy allows
+    only its own inline style and script); written atomically to ``path`` when given."""
+    body, script = _view(
+        attribution,
+        view_args.pop("max_samples", 8),
+        view_args.pop("normalize", "row"),
+        view_args.pop("percentile", 99.0),
+        view_args.pop("cmap", None),
+    )
+    if view_args:
+        raise TypeError(f"html_page: unexpected arguments {sorted(view_args)}")
+    text = page("Generation attribution", body, style=_STYLE, script=script)
+    if path is not None:
+        with atomic_write(Path(path), "w") as f:
+            f.write(text)
+    return text
+
+
+def _view(attribution, max_samples, normalize, percentile, cmap) -> tuple[str, str]:
+    """The view's markup and its script."""
     n = min(len(attribution.generated), max_samples)
-    boxes, views, signed_any = [], [], False
+    boxes, views, signed = [], [], False
     for b in range(n):
         grid = _grid(attribution, b)
-        signed_any |= grid.signed
+        signed |= grid.signed
         box, view = _sample_html(attribution, b, grid, normalize, percentile)
         boxes.append(box)
         views.append(view)
-    signed = signed_any
     table = _table(cmap, signed)
     palette = [f"#{r:02x}{g:02x}{bl:02x}" for r, g, bl in table.tolist()]
     ink = [int(0.299 * r + 0.587 * g + 0.114 * bl < 128) for r, g, bl in table.tolist()]
-    view_id = "sv-gen-" + hashlib.sha256(json.dumps(views).encode()).hexdigest()[:12]
-    low, high = palette[0], palette[-1]
+    root = view_id("generation", json.dumps(views), cmap, signed)
+    bar = colour_bar(cmap or (DIVERGING if signed else SEQUENTIAL), signed)
     legend = (
-        f'<div class="legend">hover a generated token (underlined), click to pin; colour: '
-        f"{'negative' if signed else '0'}<span class='bar' style='background:linear-gradient("
-        f"to right,{low},{palette[128] if signed else palette[0]},{high})'></span>"
+        '<div class="legend">hover a generated token (underlined), click to pin; colour: '
+        f"{'negative' if signed else '0'}<span class='bar' style='background:{bar}'></span>"
         f"{'positive' if signed else 'largest'} (each row on its own scale: "
-        f"{html.escape(normalize)}); faded: not yet generated</div>"
+        f"{escape(normalize)}); faded: not yet generated</div>"
     )
     more = ""
     if len(attribution.generated) > n:
         more = f'<div class="legend">... {len(attribution.generated) - n} more samples</div>'
     script = _SCRIPT % {
-        "id": _js(view_id),
-        "palette": _js(palette),
-        "ink": _js(ink),
-        "data": _js(views),
+        "id": script_data(root),
+        "palette": script_data(palette),
+        "ink": script_data(ink),
+        "data": script_data(views),
     }
-    body = f'<div class="sv-gen" id="{view_id}">{legend}{"".join(boxes)}{more}</div>'
-    return f"<style>{_STYLE}</style>{body}<script>{script}</script>"
+    body = f'<div class="sv-gen" id="{root}">{legend}{"".join(boxes)}{more}</div>'
+    return body, script
 
 
 def _sample_html(a, b, grid: _Grid, normalize, percentile) -> tuple[str, dict]:
@@ -393,38 +416,15 @@ def _sample_html(a, b, grid: _Grid, normalize, percentile) -> tuple[str, dict]:
         spans.append(_span(names[col], grid.source + j, row_of.get(int(col))))
     tag = "target" if grid.source else "text"
     lines.append(f'<div class="line"><span class="tag">{tag}</span>{"".join(spans)}</div>')
-    head = f'<div class="head">{html.escape(grid.title)}</div>'
+    head = f'<div class="head">{escape(grid.title)}</div>'
     return f'<div class="sample">{head}{"".join(lines)}</div>', view
 
 
 def _span(token: str, column: int, row: int | None) -> str:
-    text = html.escape(token, quote=True)
+    text = escape(token)
     if row is None:
         return f'<span class="t" data-c="{column}">{text}</span>'
     return f'<span class="t g" data-c="{column}" data-r="{row}">{text}</span>'
-
-
-def _js(value: object) -> str:
-    """JSON safe inside a ``<script>`` element (``<``, ``>``, ``&`` escaped)."""
-    text = json.dumps(value, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def html_page(attribution: object, path: str | os.PathLike | None = None, **view_args) -> str:
-    """:func:`html_view` as a whole page that fetches nothing (a Content-Security-Policy allows
-    only its own inline style and script); written atomically to ``path`` when given."""
-    body = html_view(attribution, **view_args)
-    policy = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n"
-        f'<meta http-equiv="Content-Security-Policy" content="{policy}">\n'
-        "<title>Generation attribution</title></head>\n"
-        f"<body>\n{body}\n</body></html>\n"
-    )
-    if path is not None:
-        with atomic_write(Path(path), "w") as f:
-            f.write(page)
-    return page
 
 
 # -- matplotlib ---------------------------------------------------------------------------------
