@@ -138,15 +138,13 @@ def explain_generation(
     input_ids = context_.check_ids(input_ids, "input_ids", vocab)
     mask = context_.check_mask(attention_mask, input_ids, "attention_mask")
     eos = context_.eos_ids(model, eos_token_id)
-    runner = Seq2Seq(model) if kind == "encoder-decoder" else Decoder(model, layer)
     if kind == "encoder-decoder" and layer is not None:
         raise ValueError(
             "layer: an encoder-decoder is attributed at its encoder's and decoder's input "
             "embeddings together; leave layer out"
         )
+    runner = Seq2Seq(model) if kind == "encoder-decoder" else Decoder(model, layer)
     if generated is None:
-        if kind == "encoder-decoder":
-            runner.source(input_ids, mask)
         gen, real = greedy(model, kind, input_ids, mask, max_new_tokens, eos, runner.logits)
     else:
         if max_new_tokens is not None:
@@ -163,12 +161,13 @@ def explain_generation(
     dtype = logits.dtype
     width = runner.width
     b, t_out, t_ctx = ctx.batch, ctx.out, ctx.length
-    scores = torch.zeros(b, t_out, t_ctx, dtype=dtype)
-    values = torch.zeros(b, t_out, t_ctx, width, dtype=dtype) if keep_values else None
+    like = {"dtype": dtype, "device": ctx.ids.device}
+    scores = torch.zeros(b, t_out, t_ctx, **like)
+    values = torch.zeros(b, t_out, t_ctx, width, **like) if keep_values else None
     src = runner.source_length
-    source_scores = torch.zeros(b, t_out, src, dtype=dtype) if src else None
-    source_values = torch.zeros(b, t_out, src, width, dtype=dtype) if src and keep_values else None
-    delta = torch.zeros(b, t_out, dtype=dtype) if method == "integrated_gradients" else None
+    source_scores = torch.zeros(b, t_out, src, **like) if src else None
+    source_values = torch.zeros(b, t_out, src, width, **like) if src and keep_values else None
+    delta = torch.zeros(b, t_out, **like) if method == "integrated_gradients" else None
     steps_used = [[0] * t_out for _ in range(b)] if options.get("steps") == "auto" else None
     seed = _seed(method, options)
     chunks = _plan.chunks(ctx, method, options, budget, width, dtype, src, kind)

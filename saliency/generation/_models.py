@@ -169,10 +169,7 @@ class Seq2Seq:
             )
         return int(start)
 
-    def source(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self._src = (ids, mask)
-
-    def logits(self, ids, mask):  # only used by greedy generation, which HF models do themselves
+    def logits(self, ids, mask):  # greedy generation: HuggingFace encoder-decoders generate
         raise NotImplementedError
 
     def _embed(self, part, ids: torch.Tensor, scale: float) -> torch.Tensor:
