@@ -16,6 +16,7 @@ if typing.TYPE_CHECKING:  # for type checkers and the docs; at run time the reco
     from . import audit, io, models, viz  # noqa: F401
     from .attribution import Attribution  # noqa: F401
     from .engine import class_jacobian, iter_class_jacobian  # noqa: F401
+    from .generation import explain_generation  # noqa: F401
     from .methods import from_captum, gradcam, gradients, integrated_gradients, smoothgrad  # noqa: F401
     from .outputs import next_token  # noqa: F401
     from .targets import contrast, top_k  # noqa: F401
@@ -29,6 +30,7 @@ __getattr__, __dir__ = _namespace(
         "Attribution": ".attribution",
         "class_jacobian": ".engine",
         "iter_class_jacobian": ".engine",
+        "explain_generation": ".generation",
         "from_captum": ".methods",
         "next_token": ".outputs",
         "contrast": ".targets",
@@ -37,6 +39,6 @@ __getattr__, __dir__ = _namespace(
         "token_scores": ".tokens",
     },
     records=("saliency.methods", "MethodRecord"),
-    submodules=("audit", "engine", "io", "methods", "models", "viz"),
+    submodules=("audit", "engine", "generation", "io", "methods", "models", "viz"),
     registered=lambda name: getattr(_method_records.added(name), "function", None),
 )

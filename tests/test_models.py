@@ -13,13 +13,14 @@ from saliency import models
 from saliency.models import WEIGHTS_DIR, ModelInfo, available, held_out, load
 from saliency.models.train import main, train_model
 
-# The image and tabular models; the text model "sentiment" has its own tests (test_models_text.py).
+# The image and tabular models; the text model "sentiment" (test_models_text.py) and the language
+# model "reverse" (test_generation_model.py) have their own tests.
 NAMES = ["digits", "breast_cancer"]
 HELD_OUT_SIZES = {"digits": 360, "breast_cancer": 114}
 
 
 def test_available_lists_all_models() -> None:
-    assert available() == [*NAMES, "sentiment"]
+    assert available() == [*NAMES, "sentiment", "reverse"]
 
 
 @pytest.mark.parametrize("name", NAMES)

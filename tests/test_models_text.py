@@ -221,8 +221,9 @@ def test_ids_are_checked(function, ids, message) -> None:
 @pytest.mark.parametrize("function", [models.tokenize, models.tokens, models.valences])
 def test_text_helpers_reject_other_models(function) -> None:
     argument = "a film" if function is models.tokenize else torch.zeros(1, 16, dtype=torch.int64)
+    listed = "sentiment, reverse" if function is models.tokens else "sentiment"
     with pytest.raises(
-        ValueError, match=r"^name: expected a text model \(sentiment\); got 'digits'"
+        ValueError, match=rf"^name: expected a text model \({listed}\); got 'digits'"
     ):
         function("digits", argument)
     with pytest.raises(ValueError, match=r"^name must be one of"):

@@ -81,7 +81,15 @@ def read_class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
 
 
 def refuse_text_model(model: str, command: str) -> None:
-    if model in [b.name for b in words.bundled() if b.kind == "text"]:
+    kinds = {b.name: b.kind for b in words.bundled()}
+    if kinds.get(model) == "language":
+        raise ValueError(
+            f"MODEL: {model!r} is a language model (it generates tokens), and saliency {command} "
+            "explains classifiers. Explain its generations in Python: "
+            "saliency.explain_generation(model, prompts, max_new_tokens=...) (see the docs' "
+            "Generation page)"
+        )
+    if kinds.get(model) == "text":
         raise ValueError(
             f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
             "images and feature vectors. Explain its tokens in Python: "

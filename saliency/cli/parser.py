@@ -110,7 +110,7 @@ def build_parser(examples: str) -> argparse.ArgumentParser:
     )
     e.set_defaults(run="saliency.cli.explain:explain")
 
-    bundled = ", ".join(b.name for b in words.bundled() if b.kind != "text")
+    bundled = ", ".join(b.name for b in words.bundled() if b.kind not in ("text", "language"))
     a = sub.add_parser(
         "audit",
         help="explain and measure a whole data set; resumable; writes an HTML report",
@@ -268,6 +268,10 @@ def _metrics_text() -> str:
 def _models_text() -> str:
     rows = []
     for b in words.bundled():
+        if b.kind == "language":
+            rows.append((b.name, f"language model, {b.classes} tokens (explained in Python: "
+                                 "see the docs' Generation page)"))  # fmt: skip
+            continue
         note = " (explained in Python: see the docs' Text page)" if b.kind == "text" else ""
         rows.append((b.name, f"{b.kind}, {b.classes} classes{note}"))
     return _listing("bundled models (MODEL; each also names its held-out data, DATA):", rows)

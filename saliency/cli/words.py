@@ -37,7 +37,7 @@ class Bundled:
     """A bundled model (its name is also the name of its held-out data)."""
 
     name: str
-    kind: str  # "images", "tabular" or "text"
+    kind: str  # "images", "tabular", "text" or "language" (a model that generates tokens)
     classes: int
 
 
@@ -51,6 +51,8 @@ def bundled() -> list[Bundled]:
         shape = json.loads(meta["input_shape"])
         vocabulary = json.loads(meta.get("vocabulary", "null"))
         kind = "text" if vocabulary else "images" if len(shape) == 3 else "tabular"
+        if vocabulary and json.loads(meta["class_names"]) == vocabulary:
+            kind = "language"  # its outputs are its vocabulary: it generates tokens
         found.append(Bundled(json.loads(meta["name"]), kind, len(json.loads(meta["class_names"]))))
     return found
 

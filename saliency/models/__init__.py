@@ -2,7 +2,8 @@
 
 The text model ``"sentiment"`` takes token ids: :func:`tokenize` and :func:`tokens` convert
 between sentences and ids, and :func:`valences` says which positions hold the words that decide
-the label.
+the label. The language model ``"reverse"`` continues ``<bos> x1 .. xn <sep>`` with
+``xn .. x1 <eos>``; :func:`sources` says which prompt position every answer token copies.
 
 Examples
 --------
@@ -27,9 +28,18 @@ from safetensors.torch import load_file
 from torch import nn
 
 from saliency.models import data
-from saliency.models.architectures import CancerMLP, DigitsCNN, SentimentTransformer
+from saliency.models.architectures import CancerMLP, DigitsCNN, ReverseLM, SentimentTransformer
 
-__all__ = ["ModelInfo", "available", "held_out", "load", "tokenize", "tokens", "valences"]
+__all__ = [
+    "ModelInfo",
+    "available",
+    "held_out",
+    "load",
+    "sources",
+    "tokenize",
+    "tokens",
+    "valences",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -43,15 +53,17 @@ class ModelInfo:
     name : str
         Name accepted by :func:`load`.
     class_names : list of str
-        Label of each output logit, in order.
+        Label of each output logit, in order (for the language model, its vocabulary).
     feature_names : list of str or None
         Name of each input feature; ``None`` for images and text.
     input_shape : tuple of int
-        Shape of one input, without the batch dimension (``(T,)`` token ids for text).
+        Shape of one input, without the batch dimension (``(T,)`` token ids for text; for the
+        language model, the held-out prompts' padded length).
     mean, std : list of float
         Statistics used to normalise inputs (after scaling digit pixels by 1/16); empty for text.
     held_out_accuracy : float
-        Accuracy on the full held-out split, measured when the weights were written.
+        Accuracy on the full held-out split, measured when the weights were written (for the
+        language model: the share of prompts whose greedy continuation is exactly right).
     description : str
         What the model is and was trained on, with the sources and licences of its data.
     vocabulary : list of str or None
@@ -59,8 +71,9 @@ class ModelInfo:
     valences : list of int or None
         Text models: the valence of each token id, 0 for words that do not decide the label.
     generator : dict or None
-        Text models: settings of :class:`saliency.models.data.SentenceGenerator` that regenerate
-        the training and held-out sentences.
+        Text models: settings of :class:`saliency.models.data.SentenceGenerator` (for
+        ``"reverse"``, :class:`~saliency.models.data.ReversalGenerator`) that regenerate the
+        training and held-out data.
     """
 
     name: str
@@ -103,6 +116,7 @@ _REGISTRY: dict[str, _Entry] = {
     "digits": _Entry(DigitsCNN, "digits_cnn.safetensors"),
     "breast_cancer": _Entry(CancerMLP, "breast_cancer_mlp.safetensors"),
     "sentiment": _Entry(SentimentTransformer, "sentiment_transformer.safetensors"),
+    "reverse": _Entry(ReverseLM, "reverse_lm.safetensors"),
 }
 
 
@@ -126,6 +140,8 @@ def _build(entry: _Entry, info: ModelInfo) -> nn.Module:
     """A fresh, untrained instance of the entry's architecture, sized for `info`."""
     if info.vocabulary is None:
         return entry.architecture()
+    if entry.architecture is ReverseLM:
+        return ReverseLM(vocab_size=len(info.vocabulary), eos_token_id=data.EOS_ID)
     return entry.architecture(vocab_size=len(info.vocabulary), classes=len(info.class_names))
 
 
@@ -170,9 +186,11 @@ def held_out(name: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tenso
     -------
     x : torch.Tensor
         float32 inputs ``[n, *input_shape]``, normalised the way the model expects; for text
-        models, int64 token ids ``[n, T]``, regenerated from the weights file's metadata.
+        models, int64 token ids ``[n, T]``, regenerated from the weights file's metadata (for
+        ``"reverse"``, prompts left-padded with PAD, id 0: pass ``attention_mask=x != 0``).
     y : torch.Tensor
-        int64 labels ``[n]``.
+        int64 labels ``[n]``; for ``"reverse"``, the right answers ``[n, T_out]`` (the letters
+        reversed, ``<eos>``, then PAD).
 
     Raises
     ------
@@ -180,6 +198,11 @@ def held_out(name: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tenso
         If `name` is not a bundled model or `n` is out of range.
     """
     info = _info(WEIGHTS_DIR / _entry(name).filename)
+    if name in data.GENERATION_DATASETS:
+        settings = data.ReversalGenerator.from_dict(info.generator)
+        n = _check_n(n, settings.held_out_size, name)
+        prompts, answers = data.generate_reversals(settings, "held_out", n)
+        return torch.from_numpy(prompts), torch.from_numpy(answers)
     if info.generator is not None:
         settings = data.SentenceGenerator.from_dict(info.generator)
         n = _check_n(n, settings.held_out_size, name)
@@ -200,10 +223,17 @@ def _check_n(n: object, total: int, name: str) -> int:
     return int(n)
 
 
-def _text_info(name: str) -> ModelInfo:
+def _text_info(name: str, words: bool = True) -> ModelInfo:
+    """The info of a model that takes token ids: one of words (sentences, valences) when
+    ``words``, else any (the language model's tokens too)."""
     info = _info(WEIGHTS_DIR / _entry(name).filename)
-    if info.vocabulary is None:
-        text = [m for m in available() if _info(WEIGHTS_DIR / _entry(m).filename).vocabulary]
+    if info.vocabulary is None or (words and info.valences is None):
+        text = [
+            m
+            for m in available()
+            if (i := _info(WEIGHTS_DIR / _entry(m).filename)).vocabulary
+            and (i.valences is not None or not words)
+        ]
         raise ValueError(f"name: expected a text model ({', '.join(text)}); got {name!r}")
     return info
 
@@ -278,7 +308,7 @@ def tokens(name: str, ids: torch.Tensor) -> list[list[str]]:
     Parameters
     ----------
     name : str
-        A text model of :func:`available`.
+        A text model of :func:`available` (``"reverse"`` included).
     ids : torch.Tensor
         int64 token ids ``[n, T]``, as from :func:`tokenize` or :func:`held_out`.
 
@@ -298,7 +328,7 @@ def tokens(name: str, ids: torch.Tensor) -> list[list[str]]:
     >>> len(models.tokens("sentiment", ids)[0]) == int((ids[0] != 0).sum())
     True
     """
-    info = _text_info(name)
+    info = _text_info(name, words=False)
     return data.decode(info.vocabulary, _check_ids(ids, info).numpy())
 
 
@@ -336,3 +366,40 @@ def valences(name: str, ids: torch.Tensor) -> torch.Tensor:
     info = _text_info(name)
     table = torch.tensor(info.valences, dtype=torch.float32)
     return table[_check_ids(ids, info)]
+
+
+def sources(name: str, prompts: torch.Tensor) -> torch.Tensor:
+    """Return where every answer token comes from: the ground truth of a generation.
+
+    For ``"reverse"``, answer token ``t`` copies one letter of the prompt; its column in
+    `prompts` is entry ``t`` of the result (``-1`` for ``<eos>`` and the padding after it).
+
+    Parameters
+    ----------
+    name : str
+        ``"reverse"``.
+    prompts : torch.Tensor
+        int64 ``[n, T]`` prompts as from :func:`held_out`.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 ``[n, T_out]`` prompt columns.
+
+    Examples
+    --------
+    >>> from saliency import models
+    >>> prompts, answers = models.held_out("reverse", n=1)
+    >>> column = models.sources("reverse", prompts)[0, 0]
+    >>> bool(prompts[0, column] == answers[0, 0])
+    True
+    """
+    if name not in data.GENERATION_DATASETS:
+        raise ValueError(
+            f"name: expected a language model with known sources "
+            f"({', '.join(data.GENERATION_DATASETS)}); got {name!r}"
+        )
+    info = _info(WEIGHTS_DIR / _entry(name).filename)
+    width = data.ReversalGenerator.from_dict(info.generator).max_letters
+    ids = _check_ids(prompts, info)
+    return torch.from_numpy(data.reversal_sources(ids.numpy(), width))

@@ -18,23 +18,28 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "GENERATION_DATASETS",
     "PAD",
     "PAD_ID",
+    "REVERSE_VOCABULARY",
     "TEXT_DATASETS",
     "UNK",
     "UNK_ID",
     "RawSplit",
+    "ReversalGenerator",
     "SentenceGenerator",
     "decode",
     "encode",
     "fit_normalisation",
+    "generate_reversals",
     "generate_sentences",
     "normalise",
     "raw_split",
 ]
 
 TEXT_DATASETS: tuple[str, ...] = ("sentiment",)
-DATASETS: tuple[str, ...] = ("digits", "breast_cancer", *TEXT_DATASETS)
+GENERATION_DATASETS: tuple[str, ...] = ("reverse",)
+DATASETS: tuple[str, ...] = ("digits", "breast_cancer", *TEXT_DATASETS, *GENERATION_DATASETS)
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
 
@@ -63,6 +68,10 @@ class RawSplit:
 
 
 def _check_dataset(name: str) -> None:
+    if name in GENERATION_DATASETS:
+        raise ValueError(
+            f"name: {name!r} is a generated data set of token sequences; use generate_reversals"
+        )
     if name in TEXT_DATASETS:
         raise ValueError(
             f"name: {name!r} is a generated text data set; use generate_sentences, not the "
@@ -372,4 +381,104 @@ def decode(vocabulary: Sequence[str], ids: np.ndarray) -> list[list[str]]:
         while row and row[-1] == PAD_ID:
             row.pop()
         out.append([vocabulary[i] for i in row])
+    return out
+
+
+# ----------------------------------------------------------------------------- reversals
+
+BOS, SEP, EOS = "<bos>", "<sep>", "<eos>"
+REVERSE_SYMBOLS: tuple[str, ...] = tuple("abcdefghijklmnop")
+REVERSE_VOCABULARY: tuple[str, ...] = (PAD, UNK, BOS, SEP, EOS, *REVERSE_SYMBOLS)
+BOS_ID, SEP_ID, EOS_ID = 2, 3, 4
+_FIRST_SYMBOL = 5
+
+
+@dataclass(frozen=True)
+class ReversalGenerator:
+    """Settings of the reversal task: ``<bos> x1 .. xn <sep>`` is continued by ``xn .. x1 <eos>``.
+
+    The ``n`` letters (between `min_letters` and `max_letters`) are distinct, drawn from 16
+    symbols, so the source of every generated letter is one prompt position: letter ``t`` of
+    the answer copies the prompt's letter ``n - t``. Prompts are left-padded to
+    ``max_letters + 2`` tokens, answers right-padded to ``max_letters + 1``.
+    """
+
+    min_letters: int = 3
+    max_letters: int = 8
+    train_seed: int = 3
+    train_size: int = 30_000
+    held_out_seed: int = 4
+    held_out_size: int = 1_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_letters <= self.max_letters <= len(REVERSE_SYMBOLS):
+            raise ValueError(
+                f"letters: expected 1 <= min_letters <= max_letters <= {len(REVERSE_SYMBOLS)}; "
+                f"got {self.min_letters} and {self.max_letters}"
+            )
+
+    def to_dict(self) -> dict[str, int]:
+        """Return the settings as a JSON-ready dict (stored in the weights file)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, int]) -> ReversalGenerator:
+        """Rebuild settings from :meth:`to_dict`; unknown keys are an error."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"generator settings: unknown keys {sorted(unknown)}")
+        return cls(**values)
+
+
+def generate_reversals(
+    settings: ReversalGenerator, split: Literal["train", "held_out"], n: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` prompts of a split and their answers (the same whatever `n` is).
+
+    Returns
+    -------
+    prompts : numpy.ndarray
+        int64 ``[n, max_letters + 2]``: PAD (0) first, then ``<bos>``, the letters, ``<sep>``.
+    answers : numpy.ndarray
+        int64 ``[n, max_letters + 1]``: the letters reversed, ``<eos>``, then PAD.
+
+    Examples
+    --------
+    >>> prompts, answers = generate_reversals(ReversalGenerator(), "held_out", 1)
+    >>> decode(REVERSE_VOCABULARY, prompts)[0][-3:], decode(REVERSE_VOCABULARY, answers)[0][:2]
+    (['h', 'e', '<sep>'], ['e', 'h'])
+    """
+    if split == "train":
+        seed, size = settings.train_seed, settings.train_size
+    elif split == "held_out":
+        seed, size = settings.held_out_seed, settings.held_out_size
+    else:
+        raise ValueError(f"split must be 'train' or 'held_out'; got {split!r}")
+    n = size if n is None else n
+    symbols = len(REVERSE_SYMBOLS)
+    u = _uniform(seed, np.arange(n, dtype=np.int64), np.zeros(n, np.int64), 1 + symbols)
+    span = np.uint64(settings.max_letters - settings.min_letters + 1)
+    letters = settings.min_letters + (u[:, 0] % span).astype(np.int64)
+    order = np.argsort(u[:, 1:] >> np.uint64(1), axis=1, kind="stable")  # distinct symbols
+    width = settings.max_letters
+    prompts = np.full((n, width + 2), PAD_ID, dtype=np.int64)
+    answers = np.full((n, width + 1), PAD_ID, dtype=np.int64)
+    for row in range(n):
+        k = int(letters[row])
+        chosen = order[row, :k] + _FIRST_SYMBOL
+        prompts[row, width - k :] = [BOS_ID, *chosen, SEP_ID]
+        answers[row, : k + 1] = [*chosen[::-1], EOS_ID]
+    return prompts, answers
+
+
+def reversal_sources(prompts: np.ndarray, width: int) -> np.ndarray:
+    """The prompt column each answer token copies, ``[n, width + 1]``; -1 for ``<eos>`` and
+    padding (see :class:`ReversalGenerator`)."""
+    prompts = np.asarray(prompts)
+    letters = (prompts >= _FIRST_SYMBOL).sum(1)
+    columns = prompts.shape[1]
+    out = np.full((len(prompts), width + 1), -1, dtype=np.int64)
+    for row, k in enumerate(letters.tolist()):
+        sep = columns - 1  # the prompt ends with <sep>, so letter i (1..k) is at sep - k - 1 + i
+        out[row, :k] = [sep - 1 - t for t in range(k)]
     return out

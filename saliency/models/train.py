@@ -3,6 +3,8 @@
 Run ``python -m saliency.models.train [--out DIR]`` to rewrite the shipped weights.
 Two runs with the same seed, torch build and machine give bit-identical weights.
 Training the sentiment model needs the ``afinn`` package (for its word list); nothing else does.
+The language model ``"reverse"`` learns next tokens on generated reversals (teacher forcing, the
+loss on the answer tokens only).
 """
 
 from __future__ import annotations
@@ -88,6 +90,21 @@ RECIPES: dict[str, Recipe] = {
             "Nielsen), which is made available here under the Open Database License (ODbL), "
             "https://opendatacommons.org/licenses/odbl/1-0/: the valences of the words in the "
             "'vocabulary' and 'valences' metadata are AFINN's."
+        ),
+    ),
+    "reverse": Recipe(
+        epochs=3,
+        batch_size=64,
+        lr=3e-3,
+        weight_decay=0.0,
+        threads=1,
+        description=(
+            "Tiny causal language model (token and learned position embeddings, width 48, 2 "
+            "pre-norm decoder layers with 4 heads, a linear head over the 21-token vocabulary) "
+            "trained by next-token prediction on generated reversals: the prompt '<bos> x1 .. xn "
+            "<sep>' (3 to 8 distinct letters of 16) is continued by 'xn .. x1 <eos>', so the "
+            "source of every generated letter is known. Input: int64 token ids, prompts "
+            "left-padded with PAD (0), positions counted over real tokens."
         ),
     ),
 }
@@ -294,10 +311,14 @@ def train_model(
     elif isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be None or a positive int; got {epochs!r}")
 
-    prepare = _text_data if name in data.TEXT_DATASETS else _table_data
+    if name in data.GENERATION_DATASETS:
+        prepare, fit, accuracy = _reversal_data, _fit_language_model, _exact_continuations
+    else:
+        prepare = _text_data if name in data.TEXT_DATASETS else _table_data
+        fit, accuracy = _fit, _accuracy
     x_train, y_train, x_held_out, y_held_out, info, about_data = prepare(name, recipe)
-    model = _fit(lambda: _build(entry, info), x_train, y_train, recipe, epochs, seed)
-    info = replace(info, held_out_accuracy=_accuracy(model, x_held_out, y_held_out))
+    model = fit(lambda: _build(entry, info), x_train, y_train, recipe, epochs, seed)
+    info = replace(info, held_out_accuracy=accuracy(model, x_held_out, y_held_out))
     training = {
         "optimiser": "Adam",
         "epochs": epochs,
@@ -381,6 +402,98 @@ def _text_data(name: str, recipe: Recipe) -> _Prepared:
             "held_out_sha256": held_out_digest(x_held_out, y_held_out),
         },
     )
+
+
+def _teacher_forced(prompts: np.ndarray, answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whole sequences ``prompt + answer`` right-padded, and the next-token targets of the
+    positions that predict answer tokens (-100 elsewhere, which the loss ignores)."""
+    n = len(prompts)
+    width = prompts.shape[1] + answers.shape[1]
+    x = np.zeros((n, width), dtype=np.int64)
+    targets = np.full((n, width), -100, dtype=np.int64)
+    for i in range(n):
+        prompt = prompts[i][prompts[i] != data.PAD_ID]
+        answer = answers[i][answers[i] != data.PAD_ID]
+        sequence = np.concatenate([prompt, answer])
+        x[i, : len(sequence)] = sequence
+        start = len(prompt) - 1  # the <sep> position predicts the first answer token
+        targets[i, start : len(sequence) - 1] = sequence[start + 1 :]
+    return x, targets
+
+
+def _reversal_data(name: str, recipe: Recipe) -> _Prepared:
+    settings = data.ReversalGenerator()
+    prompts, answers = data.generate_reversals(settings, "train")
+    held_prompts, held_answers = data.generate_reversals(settings, "held_out")
+    # No held-out prompt is trained on, even where the two seeds happen to draw it.
+    seen = {row.tobytes() for row in held_prompts}
+    fresh = np.array([row.tobytes() not in seen for row in prompts], dtype=bool)
+    x, targets = _teacher_forced(prompts[fresh], answers[fresh])
+    info = ModelInfo(
+        name=name,
+        class_names=list(data.REVERSE_VOCABULARY),
+        feature_names=None,
+        input_shape=(held_prompts.shape[1],),
+        mean=[],
+        std=[],
+        held_out_accuracy=float("nan"),
+        description=recipe.description,
+        vocabulary=list(data.REVERSE_VOCABULARY),
+        generator=settings.to_dict(),
+    )
+    return (
+        torch.from_numpy(x),
+        torch.from_numpy(targets),
+        torch.from_numpy(held_prompts),
+        torch.from_numpy(held_answers),
+        info,
+        {
+            "dropped_train_duplicates_of_held_out": int((~fresh).sum()),
+            "held_out_sha256": held_out_digest(held_prompts, held_answers),
+        },
+    )
+
+
+def _fit_language_model(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    recipe: Recipe,
+    epochs: int,
+    seed: int,
+) -> nn.Module:
+    with torch.random.fork_rng(devices=[]), _deterministic(), _threads(recipe.threads):
+        torch.manual_seed(seed)
+        model = build()
+        shuffle = torch.Generator().manual_seed(seed)
+        optimiser = torch.optim.Adam(
+            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+        model.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=shuffle).split(recipe.batch_size):
+                ids = x[idx]
+                logits = model(ids, (ids != data.PAD_ID).long())
+                loss = F.cross_entropy(logits.flatten(0, 1), targets[idx].flatten())
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+    return model.eval()
+
+
+def _exact_continuations(model: nn.Module, prompts: torch.Tensor, answers: torch.Tensor) -> float:
+    """The share of prompts whose greedy continuation is the answer, token for token."""
+    ids, mask = prompts, (prompts != data.PAD_ID).long()
+    out = []
+    with torch.no_grad():
+        for _ in range(answers.shape[1]):
+            token = model(ids, mask)[:, -1].argmax(-1)
+            out.append(token)
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(token)[:, None]], 1)
+    got = torch.stack(out, 1)
+    real = answers != data.PAD_ID
+    return float(((got == answers) | ~real).all(1).double().mean())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
