@@ -49,9 +49,18 @@ import torch
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 sys.path.insert(1, str(_HERE.parent))  # run from a checkout without installing
-from _report import _reset_peak, _rss, machine, table, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    Target,
+    _reset_peak,
+    _rss,
+    machine,
+    save_results,
+    table,
+    write_section,
+)
 
 import saliency  # noqa: E402
+from saliency.engine.budget import parse_memory  # noqa: E402
 
 V = 1000
 PROMPT = 20
@@ -194,13 +203,14 @@ def warm_up(tok) -> None:
             fns[name]()
 
 
-def long_context(tok) -> list[list[str]]:
+def long_context(tok) -> tuple[list[list[str]], tuple[int, int] | None]:
+    """The long-context table's rows, and ours' peak under the budget with the budget (bytes)."""
     prompt_len, generated, budget = LONG
     model = build("long")
     prompt, continuation = tokens(prompt_len, generated)
     fns = runners(model, "gradients", prompt, continuation, tok)
     with_budget = runners(model, "gradients", prompt, continuation, tok, budget=budget)["ours"]
-    rows = []
+    rows, peak_in_budget = [], None
     for name, fn in (
         (f"ours, max_memory={budget}", with_budget),
         ("ours, no budget", fns["ours"]),
@@ -214,7 +224,9 @@ def long_context(tok) -> list[list[str]]:
             continue
         rows.append([name, f"{seconds:.1f}", f"{peak / 1e6:.0f}"])
         print(" | ".join(rows[-1]), flush=True)
-    return rows
+        if fn is with_budget:
+            peak_in_budget = (peak, parse_memory(budget))
+    return rows, peak_in_budget
 
 
 def main() -> None:
@@ -245,19 +257,20 @@ def main() -> None:
                 row, medians, first = run_case(size, model, tok, length, method, rounds, names)
                 rows.append(row)
                 results[size, method, length] = (medians, first)
-    long_rows = [] if (args.quick or args.no_long) else long_context(tok)
+    long_rows, long_peak = ([], None) if (args.quick or args.no_long) else long_context(tok)
     load_after, total = os.getloadavg()[0], time.perf_counter() - start
-    summary = targets(results)
-    markdown = report(rows, long_rows, summary, load_before, load_after, total)
+    found = targets(results, long_peak)
+    markdown = report(rows, long_rows, _lines(found), load_before, load_after, total)
     print()
     print(markdown)
     if not (args.no_write or args.quick):
         write_section("generation", markdown)
+        save_results("generation", {"machine": machine(), "seconds": total, "targets": found})
 
 
-def targets(results) -> list[str]:
-    """The issue's targets, met or missed, on these medians."""
-    lines = []
+def targets(results, long_peak: tuple[int, int] | None) -> list[Target]:
+    """The issue's targets on these medians, as records for the page's table of targets."""
+    found = []
 
     def ratio(size, method, length) -> float | None:
         if (size, method, length) not in results:
@@ -265,44 +278,48 @@ def targets(results) -> list[str]:
         medians, _ = results[size, method, length]
         return medians["Inseq"] / medians["ours"]
 
-    def say(text: str, value: float | None, goal: float) -> None:
-        if value is None:
-            return
-        verdict = "met" if value >= goal else "MISSED"
-        lines.append(f"- {text}: {value:.2f}x ({verdict}; target >= {goal}x)")
+    def at_least(case: str, what: str, value: float | None, goal: float, also: str = "") -> None:
+        if value is not None:
+            met = value >= goal
+            found.append(Target("generation", case, what, f">= {goal}x", value, met, also))
 
     for length in (64, 256):
-        tiny = ratio("tiny", "gradients", length)
-        say(f"tiny, gradients, {length} tokens, Inseq / ours", tiny, 4)
-        say(
-            f"tiny, IG, {length} tokens, Inseq / ours",
-            ratio("tiny", "integrated_gradients", length),
-            3,
-        )
+        for method, goal in (("gradients", 4), ("integrated_gradients", 3)):
+            case = f"tiny, {length} tokens"
+            at_least(case, f"{_short(method)}: Inseq / ours", ratio("tiny", method, length), goal)
     for method in ("gradients", "integrated_gradients"):
-        say(f"compute-bound, {method}, 256 tokens, Inseq / ours", ratio("compute", method, 256),
-            1.5)  # fmt: skip
-    slowest = [
-        (key, results[key][0]["Inseq"] / results[key][0]["ours"])
-        for key in results
-        if key[0] == "compute"
-    ]
-    if slowest:
-        key, value = min(slowest, key=lambda kv: kv[1])
-        verdict = "met" if value >= 1 else "MISSED"
-        lines.append(
-            f"- compute-bound, never slower than Inseq: lowest ratio {value:.2f}x at "
-            f"{key[1]}, {key[2]} tokens ({verdict})"
-        )
-    firsts = [results[k][1] / results[k][0]["ours"] for k in results]
+        value = ratio("compute", method, 256)
+        at_least("compute, 256 tokens", f"{_short(method)}: Inseq / ours", value, 1.5)
+    compute = [(k, ratio(*k)) for k in results if k[0] == "compute"]
+    if compute:
+        (_, method, length), value = min(compute, key=lambda kv: kv[1])
+        where = f"lowest at {_short(method)}, {length} tokens"
+        at_least("compute, every length", "Inseq / ours", value, 1.0, where)
+    firsts = {k: results[k][1] / results[k][0]["ours"] for k in results}
     if firsts:
-        worst = max(firsts)
-        verdict = "met" if worst <= 1.3 else "MISSED"
-        lines.append(
-            f"- first call / later call: at most {worst:.2f}x, median "
-            f"{statistics.median(firsts):.2f}x ({verdict}; target <= 1.3x)"
-        )
-    return lines
+        key, worst = max(firsts.items(), key=lambda kv: kv[1])
+        where = f"worst at {key[0]}, {_short(key[1])}, {key[2]} tokens; median "
+        where += f"{statistics.median(firsts.values()):.2f}x"
+        found.append(Target("generation", "every case", "ours' first call / later call",
+                            "<= 1.3x", worst, worst <= 1.3, where))  # fmt: skip
+    if long_peak is not None:
+        peak, budget = long_peak
+        found.append(Target("generation", "long context", "peak extra memory / max_memory",
+                            "<= 1", peak / budget, peak <= budget,
+                            f"{peak / 1e6:.0f} MB of {budget / 1e6:.0f} MB"))  # fmt: skip
+    return found
+
+
+def _short(method: str) -> str:
+    return "IG" if method == "integrated_gradients" else method
+
+
+def _lines(found: list[Target]) -> list[str]:
+    return [
+        f"- {t.case}, {t.what}: {t.value:.2f} ({'met' if t.met else 'MISSED'}; target {t.goal})"
+        + (f" ({t.also})" if t.also else "")
+        for t in found
+    ]
 
 
 def report(rows, long_rows, summary, load_before, load_after, total) -> str:

@@ -461,6 +461,15 @@ def test_a_text_model_is_pointed_at_the_python_api(tmp_path, capsys):
     assert "text model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["explain", "audit"])
+def test_a_language_model_is_pointed_at_explain_generation(tmp_path, capsys, command):
+    inputs = "reverse" if command == "audit" else str(tmp_path / "none.png")
+    assert main([command, "reverse", inputs, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL: 'reverse' is a language model" in err and "explain_generation" in err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 # -- audit: regressions ---------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ PICTURES = {
     "audit/margins/": 1,
     "audit/runs/": 1,
     "text/": 1,
+    "generation/": 2,
     "pictures/": 2,
     "cli/": 1,
     "benchmarks/": 1,
@@ -60,6 +61,7 @@ PICTURES = {
     "notebooks/03_tabular/": 3,
     "notebooks/04_cost_and_memory/": 0,
     "notebooks/05_layers_and_text/": 4,
+    "notebooks/06_generation/": 3,
 }
 # Pages checked for layout only.
 OTHERS = ["concepts/", "engine/", "api/", "notebooks/", "architecture/", "models/", "captum/"]

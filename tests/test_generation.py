@@ -337,6 +337,22 @@ def test_greedy_generation_of_a_batch_stops_at_the_end_token():
         assert bool((a.scores[b, n:] == 0).all())
 
 
+def test_a_results_generated_ids_passed_back_are_explained_as_generated():
+    # A finished row is filled after its end token; forcing those ids must not explain the fill.
+    lm, _ = saliency.models.load("reverse")
+    prompts, _ = saliency.models.held_out("reverse", n=4)
+    mask = (prompts != 0).long()
+    a = saliency.explain_generation(lm, prompts, attention_mask=mask, max_new_tokens=12)
+    assert not bool(a.real_steps.all())  # the bundled model stops before 12 letters
+    again = saliency.explain_generation(lm, prompts, attention_mask=mask, generated=a.generated)
+    assert again.real_steps.tolist() == a.real_steps.tolist()
+    torch.testing.assert_close(again.scores, a.scores, rtol=1e-5, atol=1e-9)
+    whole = saliency.explain_generation(
+        lm, prompts, attention_mask=mask, generated=a.generated, eos_token_id=[]
+    )
+    assert bool(whole.real_steps.all())
+
+
 def test_continuations_of_different_lengths():
     lm = llama()
     prompt = ids(2, 3, seed=14)

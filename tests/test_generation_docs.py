@@ -11,15 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_pages_gradients_row_is_current():
     spec = importlib.util.spec_from_file_location(
-        "saliency_docs_generation", REPO / "docs" / "img" / "make_generation_pictures.py"
+        "saliency_docs_pictures", REPO / "docs" / "_scripts" / "pictures.py"
     )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    pictures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pictures)
     label = "gradients"
-    row = script.hit_rates(methods={label: script.METHODS[label]})[0]
-    page = script.PAGE.read_text()
+    row = pictures.hit_rates(methods={label: pictures.GENERATION_METHODS[label]})[0]
+    page = pictures.GENERATION_PAGE.read_text()
     table = re.search(r"<!-- hits:start -->\n(.*?)\n<!-- hits:end -->", page, re.S).group(1)
-    assert "| " + " | ".join(row) + " |" in table.splitlines()
-    for name in ("generation-reverse.png", "generation-hover.png"):
-        assert (REPO / "docs" / "img" / name).stat().st_size > 1000
-        assert f"img/{name}" in page
+    hint = "run: python docs/_scripts/pictures.py --generation-table"
+    assert "| " + " | ".join(row) + " |" in table.splitlines(), hint
+    for name in ("generation-reverse", "generation-hover"):
+        assert name in pictures.PICTURES
+        assert f"img/generated/{name}.png" in page

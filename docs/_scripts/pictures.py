@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -448,8 +449,11 @@ def runs_page(out: Path) -> None:
         screenshot(Path(result.report), out, height=1400)
 
 
-def screenshot(page: Path, out: Path, *, width: int = 1280, height: int | None = None) -> None:
-    """A PNG of ``page`` as headless Chromium shows it at ``width`` pixels (offline)."""
+def screenshot(
+    page: Path, out: Path, *, width: int = 1280, height: int | None = None, before: str = ""
+) -> None:
+    """A PNG of ``page`` as headless Chromium shows it at ``width`` pixels (offline), after the
+    JavaScript ``before`` (e.g. a hover) has run in it."""
     chromium = os.environ.get("SALIENCY_CHROMIUM") or shutil.which("chromium")
     try:
         from playwright.sync_api import sync_playwright
@@ -474,9 +478,115 @@ def screenshot(page: Path, out: Path, *, width: int = 1280, height: int | None =
             )  # fmt: skip
             view = context.new_page()
             view.goto(page.resolve().as_uri(), wait_until="load")
+            if before:
+                view.evaluate(before)
             view.screenshot(path=str(out), full_page=height is None)
         finally:
             browser.close()
+
+
+# -- generation.md ----------------------------------------------------------------------------
+
+
+def _generation(n: int, method: str, **options):
+    lm, info = models.load("reverse")
+    prompts, _ = models.held_out("reverse", n=n)
+    return saliency.explain_generation(
+        lm, prompts, attention_mask=(prompts != 0).long(), max_new_tokens=9, method=method,
+        tokenizer=info.vocabulary, **options,
+    )  # fmt: skip
+
+
+GENERATION_PAGE = REPO / "docs" / "generation.md"
+GENERATION_N = 200
+GENERATION_METHODS = {  # the rows of the table: label, method, options
+    "gradients": ("gradients", {}),
+    "gradient x input": ("x_input", {}),
+    "Integrated Gradients (adaptive steps, zero baseline)": (
+        "integrated_gradients",
+        {"steps": "auto"},
+    ),
+    "SmoothGrad (8 copies, noise 0.15, seed 0)": ("smoothgrad", {"n_samples": 8, "seed": 0}),
+}
+
+
+def hit_rates(n: int = GENERATION_N, methods: dict = GENERATION_METHODS) -> list[list[str]]:
+    """Rows ``[method, hits (norm), hits (sum), chance]`` in percent: the share of generated
+    letters whose top-scored context token is the prompt letter it copies."""
+    prompts, _ = models.held_out("reverse", n=n)
+    sources = models.sources("reverse", prompts)
+    known = sources >= 0
+    rows = []
+    for label, (method, options) in methods.items():
+        a = _generation(n, method, keep_values=True, **options)
+        # What each step sees: the real columns before its own token.
+        cols = torch.arange(a.ids.shape[1])
+        seen = a.attention_mask.bool()[:, None, :] & (cols < a.columns[:, None])
+        cells = []
+        for scores in (a.values.norm(dim=-1), a.values.sum(-1)):  # reduce="norm", "sum"
+            if method in ("gradients", "smoothgrad") and len(cells) == 1:
+                cells.append("(no meaning)")  # the sum of a gradient's components
+                continue
+            top = torch.where(seen, scores, -torch.inf).argmax(-1)
+            cells.append(f"{100 * float((top == sources)[known].float().mean()):.1f} %")
+        chance = 100 * float((1 / seen.sum(-1).float())[known].mean())
+        rows.append([label, *cells, f"{chance:.1f} %"])
+    return rows
+
+
+def _hits_table(rows: list[list[str]]) -> str:
+    header = ["method", "top token is the source (`reduce='norm'`)", "(`reduce='sum'`)", "chance"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_generation_table() -> None:
+    """Rewrite the table of known answers in docs/generation.md (between its hits markers)."""
+    text = GENERATION_PAGE.read_text()
+    block = f"<!-- hits:start -->\n{_hits_table(hit_rates())}\n<!-- hits:end -->"
+    marked = re.compile(r"<!-- hits:start -->.*?<!-- hits:end -->", re.S)
+    GENERATION_PAGE.write_text(marked.sub(block, text))
+
+
+@picture("generation-reverse")
+def generation_page(out: Path) -> None:
+    """generation.md: gradients beside Integrated Gradients of the bundled "reverse" language
+    model for one held-out prompt, every generated letter by every context token."""
+    from PIL import Image
+
+    from saliency.viz.generation import generation_image
+
+    pictures = [
+        generation_image(_generation(1, "gradients"), 0, cell=22, font_size=13),
+        generation_image(
+            _generation(1, "integrated_gradients", steps=16), 0, cell=22, font_size=13
+        ),
+    ]
+    canvas = Image.new(
+        "RGB", (sum(p.width for p in pictures) + 20, max(p.height for p in pictures)), "white"
+    )
+    canvas.paste(pictures[0], (0, 0))
+    canvas.paste(pictures[1], (pictures[0].width + 20, 0))
+    _save(canvas, out)
+
+
+@picture("generation-hover")
+def generation_hover(out: Path) -> None:
+    """generation.md: the hover view in headless Chromium, the third generated letter hovered,
+    cropped to what it draws."""
+    from PIL import Image
+
+    from saliency.viz.generation import html_page
+
+    third = "span.g[data-r='2']"
+    hover = f'document.querySelector("{third}").dispatchEvent(new MouseEvent("mouseenter"))'
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "view.html"
+        html_page(_generation(2, "gradients"), page)
+        screenshot(page, out, width=760, height=300, before=hover)
+    shot = Image.open(out).convert("RGB")
+    rows = np.flatnonzero((np.asarray(shot) < 250).any(axis=(1, 2)))
+    _save(shot.crop((0, 0, shot.width, int(rows.max()) + 12)), out)
 
 
 # -- benchmarks and the pictures page -------------------------------------------------------
@@ -570,7 +680,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "site-pictures")
     parser.add_argument("--only", nargs="*", choices=list(PICTURES))
     parser.add_argument("--readme", action="store_true", help=f"rewrite {README}")
+    parser.add_argument(
+        "--generation-table", action="store_true", help=f"rewrite the table in {GENERATION_PAGE}"
+    )
     args = parser.parse_args(argv)
+    if args.generation_table:
+        write_generation_table()
+        print(f"wrote the table of {GENERATION_PAGE}")
+        return
     if args.readme:
         _save(readme_picture(), README)
         print(f"wrote {README}")

@@ -22,6 +22,7 @@ from .options import (
     parse_classes,
     read_class_names,
     read_memory,
+    refuse_language_model,
 )
 
 
@@ -39,6 +40,7 @@ def audit(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out(out)
+    refuse_language_model(args.model, "audit")
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
     names = read_class_names(args.class_names, loaded)
     mean = args.mean if args.mean is not None else loaded.mean

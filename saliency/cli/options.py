@@ -80,16 +80,20 @@ def read_class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
     return [line.strip() for line in lines if line.strip()]
 
 
-def refuse_text_model(model: str, command: str) -> None:
-    kinds = {b.name: b.kind for b in words.bundled()}
-    if kinds.get(model) == "language":
+def refuse_language_model(model: str, command: str) -> None:
+    """Refuse a bundled model that generates tokens: the commands explain classifiers."""
+    if {b.name: b.kind for b in words.bundled()}.get(model) == "language":
         raise ValueError(
             f"MODEL: {model!r} is a language model (it generates tokens), and saliency {command} "
             "explains classifiers. Explain its generations in Python: "
             "saliency.explain_generation(model, prompts, max_new_tokens=...) (see the docs' "
             "Generation page)"
         )
-    if kinds.get(model) == "text":
+
+
+def refuse_text_model(model: str, command: str) -> None:
+    refuse_language_model(model, command)
+    if {b.name: b.kind for b in words.bundled()}.get(model) == "text":
         raise ValueError(
             f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
             "images and feature vectors. Explain its tokens in Python: "

@@ -159,12 +159,13 @@ def _input_embeddings(model: Callable):
 def continuation(generated: object, batch: int, vocab: int | None, eos: set[int]):
     """``generated`` as ``[B, T_out]`` ids and which steps are real.
 
-    A tensor is taken whole (every step real); a list of per-prompt sequences of different
-    lengths is right-padded, the padding steps not real.
+    A list of per-prompt sequences of different lengths is right-padded, the padding steps not
+    real; in a tensor or a list, the steps after a row's first end-of-sequence id (``eos``) are
+    not real either (what a finished row is filled with, as in a result's ``generated``).
     """
     if isinstance(generated, torch.Tensor):
         ids = check_ids(generated, "generated", vocab, batch)
-        return ids, torch.ones_like(ids, dtype=torch.bool)
+        return ids, after_end(ids, eos)
     if not isinstance(generated, Sequence) or isinstance(generated, str):
         raise TypeError(
             f"generated: expected a [B, T_out] tensor of token ids or one sequence of ids per "
@@ -183,7 +184,7 @@ def continuation(generated: object, batch: int, vocab: int | None, eos: set[int]
     for b, r in enumerate(rows):
         ids[b, : len(r)], real[b, : len(r)] = r, True
     check_ids(ids, "generated", vocab, batch)
-    return ids, real
+    return ids, real & after_end(ids, eos)
 
 
 def after_end(generated: torch.Tensor, eos: set[int]) -> torch.Tensor:

@@ -73,8 +73,9 @@ def explain_generation(
     generated
         The continuation to explain (forced decoding): ``[B, T_out]`` ids, or one sequence of
         ids per prompt (of different lengths: the shorter are padded and their missing steps
-        not explained). ``None``: generate greedily first, ``max_new_tokens`` tokens (steps after
-        a prompt's end-of-sequence token are padding).
+        not explained). ``None``: generate greedily first, ``max_new_tokens`` tokens. Either
+        way, the steps after a row's first end-of-sequence token are padding, not explained
+        (so a result's ``generated`` can be passed back as it is).
     max_new_tokens
         How many tokens to generate when ``generated`` is not given.
     method
@@ -104,7 +105,8 @@ def explain_generation(
         engine splits each chunk) so that it fits; an error says how much one step needs when
         even that does not fit.
     eos_token_id
-        End-of-sequence ids for greedy generation (default: the model's generation config).
+        End-of-sequence ids, where greedy generation stops and after which steps are not
+        explained (default: the model's generation config; ``[]``: none).
     tokenizer
         Optional: a tokenizer (HuggingFace, or anything with ``convert_ids_to_tokens`` or
         ``decode``) or a vocabulary list, to record the token strings (``tokens``) for pictures
