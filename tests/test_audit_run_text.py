@@ -259,7 +259,12 @@ def test_the_command_audits_the_bundled_sentiment_data(tmp_path, monkeypatch, ca
     methods = manifest["config"]["methods"]
     assert methods["ig"]["keywords"]["layer"] == "embedding"
     assert methods["ig"]["keywords"]["baseline"] == 0
-    assert (out / "report.html").exists()
+    # The report draws the sentences' words (the bundled vocabulary), not token ids: its
+    # sample lists show many of them.
+    report = (out / "report.html").read_text(encoding="utf-8")
+    words = {w for row in models.tokens("sentiment", real("sentiment", 24)[0]) for w in row}
+    shown = {w for w in words - {"<pad>", "<cls>", "<unk>"} if f">{w}<" in report}
+    assert len(shown) >= 40, sorted(shown)
 
 
 def test_changed_forward_arguments_are_changed_data(bert, tmp_path):

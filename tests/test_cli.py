@@ -45,6 +45,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert _valid_png(out / "summary.png")[0] > 96 * 10
     gaps = re.findall(r"class (\d): max ([-+.e\d]+), max relative to .* ([.\d]+)%", text)
     assert len(gaps) == 10 and all(np.isfinite(float(g[1])) for g in gaps)
+    assert all(float(g[2]) <= 1.0 for g in gaps), gaps  # adaptive IG: every row within 1 %
+    assert "Every row is within 1% of F(x) - F(baseline)" in text
     # A second run refuses to overwrite, and says how to.
     assert main(["demo", "--out", str(out), "--samples", "3"]) == 2
     assert "--overwrite" in capsys.readouterr().err

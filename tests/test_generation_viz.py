@@ -147,6 +147,20 @@ def test_html_escapes_tokens_and_fetches_nothing(tmp_path):
     assert a._repr_html_() == html_view(a)
 
 
+def test_the_notebook_viewer_shows_a_generation_result(reverse, tmp_path):
+    a, _ = reverse
+    view = saliency.viz.view(a)
+    assert view._repr_html_() == html_view(a) and view.html() == html_page(a)
+    assert repr(view) == "View(gradients: 3 samples, 9 generated tokens)"
+    assert view.save(tmp_path / "g.html").read_text(encoding="utf-8") == html_page(a)
+    picked = saliency.viz.view(a, samples=[2, 0])
+    assert picked.html() == html_page(a[[2, 0]])
+    with pytest.raises(TypeError, match=r"^labels, x: not used for a generation result"):
+        saliency.viz.view(a, torch.zeros(3, 4), labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="samples: expected indices below 3"):
+        saliency.viz.view(a, samples=[3])
+
+
 def test_hovering_a_generated_token_lights_up_its_source(reverse, tmp_path):
     if reason := browser.unavailable():
         pytest.skip(reason)

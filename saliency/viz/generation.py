@@ -43,11 +43,12 @@ from PIL import Image, ImageDraw
 from saliency._atomic import atomic_write
 from saliency.viz.colormaps import DIVERGING, lookup_table
 from saliency.viz.draw import _font
-from saliency.viz.html import colour_bar, escape, fragment, page, script_data, view_id
+from saliency.viz.html import colour_bar, escape, fragment, script_data, view_id
 from saliency.viz.png import write_png
 
 __all__ = [
     "generation_image",
+    "generation_view",
     "html_page",
     "html_view",
     "plot_generation",
@@ -329,19 +330,31 @@ def html_view(
     return fragment(body, style=_STYLE, script=script)
 
 
+def generation_view(attribution: object, **view_args: object):
+    """:func:`html_view` as a :class:`saliency.viz.viewer.View` (shown in a cell, saved with
+    ``.save(path)``): what :func:`saliency.viz.view` gives for a generation result."""
+    from saliency.viz.viewer import View
+
+    options = {k: view_args.pop(k) for k in ("max_samples", "normalize", "percentile", "cmap")
+               if k in view_args}  # fmt: skip
+    if view_args:
+        raise TypeError(f"unexpected arguments {sorted(view_args)}")
+    body, script = _view(
+        attribution,
+        options.get("max_samples", 8),
+        options.get("normalize", "row"),
+        options.get("percentile", 99.0),
+        options.get("cmap"),
+    )
+    b, t_out = attribution.generated.shape
+    summary = f"{getattr(attribution, 'method', None)}: {b} samples, {t_out} generated tokens"
+    return View("Generation attribution", body, style=_STYLE, script=script, summary=summary)
+
+
 def html_page(attribution: object, path: str | os.PathLike | None = None, **view_args) -> str:
     """:func:`html_view` as a whole page that fetches nothing (its Content-Security-Policy allows
     only its own inline style and script); written atomically to ``path`` when given."""
-    body, script = _view(
-        attribution,
-        view_args.pop("max_samples", 8),
-        view_args.pop("normalize", "row"),
-        view_args.pop("percentile", 99.0),
-        view_args.pop("cmap", None),
-    )
-    if view_args:
-        raise TypeError(f"html_page: unexpected arguments {sorted(view_args)}")
-    text = page("Generation attribution", body, style=_STYLE, script=script)
+    text = generation_view(attribution, **view_args).html()
     if path is not None:
         with atomic_write(Path(path), "w") as f:
             f.write(text)

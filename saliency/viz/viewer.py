@@ -122,7 +122,25 @@ def view(
     -------
     View
         ``_repr_html_`` for Jupyter, :meth:`View.save` for a file, :meth:`View.html` for the text.
+        A :class:`~saliency.generation.GenerationAttribution` gets its hover view
+        (:func:`saliency.viz.generation.generation_view`; ``samples`` selects as here, the
+        options for class maps do not apply).
     """
+    if hasattr(attribution, "generated") and hasattr(attribution, "ids"):
+        given = {"x": x, "labels": labels, "class_names": class_names, "tokens": tokens,
+                 "skip": skip, "mean": mean, "std": std}  # fmt: skip
+        extra = sorted(k for k, v in given.items() if v is not None)
+        extra += [k for k, v, d in (("max_classes", max_classes, 20), ("max_side", max_side, 128))
+                  if v != d]  # fmt: skip
+        if extra:
+            raise TypeError(
+                f"{', '.join(extra)}: not used for a generation result (its context tokens and "
+                "generated tokens are its own); leave them out"
+            )
+        from saliency.viz.generation import generation_view
+
+        chosen = attribution[_samples(samples, len(attribution.generated))]
+        return generation_view(chosen, max_samples=len(chosen.generated))
     shape = _shape(attribution)
     n = shape[0]
     chosen = _samples(samples, n)
