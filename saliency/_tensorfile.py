@@ -1,10 +1,15 @@
-"""safetensors bytes that are the same every time for the same tensors and metadata."""
+"""safetensors files of results: bytes that are the same every time, and a reader whose every
+failure names the file and what is wrong with it."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-__all__ = ["steady"]
+import torch
+
+__all__ = ["damaged", "read", "steady"]
 
 
 def steady(data: bytes) -> bytes:
@@ -30,3 +35,37 @@ def steady(data: bytes) -> bytes:
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the library's alignment of the data that follows
     return len(text).to_bytes(8, "little") + text + data[8 + size :]
+
+
+def damaged(path: str, kind: str, why: str) -> ValueError:
+    """The error for a file of ``kind`` (a class name) that cannot be read, and why."""
+    return ValueError(
+        f"path: {path!r} cannot be read as a saved {kind}: {why}; it is damaged (cut short?) or "
+        f"was not written by {kind}.save"
+    )
+
+
+def read(
+    path: str | os.PathLike, kind: str, form: str, device: str | torch.device = "cpu"
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a file written by ``kind.save`` (metadata ``format`` equal
+    to ``form``), tensors onto ``device``; a clear error for a missing, foreign or damaged file."""
+    from safetensors import safe_open
+
+    name = os.fspath(path)
+    if not Path(name).is_file():
+        raise FileNotFoundError(f"path: {name!r} is not a file")
+    try:
+        with safe_open(name, framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != form:
+                raise ValueError(
+                    f"path: {name!r} is not a saved {kind} "
+                    f"(metadata format {meta.get('format')!r}, expected {form!r})"
+                )
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' own error type, raised for any unreadable header
+        raise damaged(name, kind, f"{type(e).__name__}: {e}") from e
+    return meta, tensors

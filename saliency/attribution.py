@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 
 from saliency._atomic import atomic_write
-from saliency._tensorfile import steady
+from saliency._tensorfile import damaged as damaged_file
+from saliency._tensorfile import read, steady
 
 __all__ = ["Attribution"]
 
@@ -272,28 +272,11 @@ class Attribution:
         (True, 'gradients', [2])
         """
         name = os.fspath(path)
-        if not Path(name).is_file():
-            raise FileNotFoundError(f"path: {name!r} is not a file")
+        meta, tensors = read(name, "Attribution", _FORMAT, device)
 
         def damaged(why: str) -> ValueError:
-            return ValueError(
-                f"path: {name!r} cannot be read as a saved Attribution: {why}; it is damaged "
-                "(cut short?) or was not written by Attribution.save"
-            )
+            return damaged_file(name, "Attribution", why)
 
-        try:
-            with safe_open(name, framework="pt", device=str(device)) as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != _FORMAT:
-                    raise ValueError(
-                        f"path: {name!r} is not a saved Attribution "
-                        f"(metadata format {meta.get('format')!r}, expected {_FORMAT!r})"
-                    )
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except ValueError:
-            raise
-        except Exception as e:  # safetensors' own error type, raised for any unreadable header
-            raise damaged(f"{type(e).__name__}: {e}") from e
         if meta.get("version") != _VERSION:
             if str(meta.get("version", "")).isdigit() and int(meta["version"]) > int(_VERSION):
                 raise ValueError(

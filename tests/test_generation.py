@@ -574,6 +574,31 @@ def test_result_selects_saves_loads_and_merges(tmp_path):
     assert torch.equal(a.top_sources(2)[..., 0], a.scores.argmax(-1))
 
 
+def test_load_of_a_crafted_generation_file_names_the_file_and_what_is_wrong(tmp_path):
+    from safetensors.torch import save
+
+    a = saliency.explain_generation(gpt2(), ids(1, 3, seed=23), generated=ids(1, 2, seed=24))
+    tensors = {k: getattr(a, k) for k in ("generated", "ids", "attention_mask", "scores")}
+    meta = {"format": "saliency.GenerationAttribution", "method": "m", "params": "{}"}
+    crafted = {
+        "'method' missing": save(tensors, metadata={"format": meta["format"], "params": "{}"}),
+        "Expecting property name": save(tensors, metadata={**meta, "params": "{oops"}),
+        "scores": save({**tensors, "scores": a.scores[:, :1]}, metadata=meta),
+        "ids": save({k: v for k, v in tensors.items() if k != "ids"}, metadata=meta),
+        "SafetensorError.*incomplete": save(tensors, metadata=meta)[:-10],
+        "SafetensorError.*too large": (10**15).to_bytes(8, "little") + b"{}",
+    }
+    path = tmp_path / "crafted.safetensors"
+    for why, data in crafted.items():
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=why) as info:
+            GenerationAttribution.load(path)
+        prefix = f"path: {str(path)!r} cannot be read as a saved GenerationAttribution"
+        assert str(info.value).startswith(prefix), str(info.value)
+    with pytest.raises(FileNotFoundError, match=r"path: 'gone\.st' is not a file"):
+        GenerationAttribution.load("gone.st")
+
+
 @pytest.mark.parametrize("name", ["bart", "marian"])
 def test_other_encoder_decoders_and_their_embedding_scales(name):
     common = dict(

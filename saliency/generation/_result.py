@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .._atomic import atomic_write
-from .._tensorfile import steady
+from .._tensorfile import damaged, read, steady
 from ._spans import Spans, merge
 
 __all__ = ["GenerationAttribution"]
@@ -215,18 +214,10 @@ class GenerationAttribution:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu"):
         """Read a file written by :meth:`save` (tensors onto ``device``)."""
+        name = os.fspath(path)
+        meta, tensors = read(name, "GenerationAttribution", _FORMAT, device)
+        steps = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("step_scores.")}
         try:
-            with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != _FORMAT:
-                    raise ValueError(
-                        f"path: {os.fspath(path)!r} is not a saved GenerationAttribution "
-                        f"(metadata format {meta.get('format')!r}, expected {_FORMAT!r})"
-                    )
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            steps = {
-                k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("step_scores.")
-            }
             return cls(
                 **{k: v for k, v in tensors.items() if k in _TENSORS},
                 step_scores=steps,
@@ -235,10 +226,10 @@ class GenerationAttribution:
                 tokens=json.loads(meta.get("tokens", "null")),
                 source_tokens=json.loads(meta.get("source_tokens", "null")),
             )
-        except (KeyError, TypeError, json.JSONDecodeError, SafetensorError) as e:
-            raise ValueError(
-                f"path: {os.fspath(path)!r} is not a readable GenerationAttribution file ({e})"
-            ) from e
+        except KeyError as e:
+            raise damaged(name, "GenerationAttribution", f"{e} missing") from e
+        except (TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise damaged(name, "GenerationAttribution", str(e)) from e
 
     # -- pictures --------------------------------------------------------------------------
     def image(self, sample: int = 0, **options: object):

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from saliency.viz.colormaps import DIVERGING, SEQUENTIAL
 from saliency.viz.images import image_maps, to_numpy, to_rgb_batch
-from saliency.viz.labels import class_label, class_name, output_word
+from saliency.viz.labels import class_label, class_name, output_word, true_labels
 from saliency.viz.normalization import check_options, scaled_maps
 from saliency.viz.paint import backgrounds, paint
 from saliency.viz.thresholds import full_colour
@@ -76,7 +76,7 @@ def plot_classes(
     classes = to_numpy(attribution.classes, "attribution.classes")
     n_samples, n_classes = values.shape[:2]
     outputs = _outputs(attribution)
-    truth = _labels(labels, n_samples)
+    truth = true_labels(labels, n_samples)
     if sign is None:
         sign = "all" if bool((values < 0).any()) else "absolute"
     check_options(sign=sign, percentile=percentile)
@@ -222,18 +222,6 @@ def plot_features(
 def _outputs(attribution: object) -> np.ndarray | None:
     outputs = getattr(attribution, "outputs", None)
     return None if outputs is None else to_numpy(outputs, "attribution.outputs")
-
-
-def _labels(labels: object, n: int) -> list[int] | None:
-    if labels is None:
-        return None
-    arr = to_numpy(labels, "labels").reshape(-1)
-    if arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"labels: expected one integer class id per sample ({n}), got {arr.dtype} "
-            f"{list(arr.shape)}"
-        )
-    return [int(v) for v in arr]
 
 
 def _row_label(b: int, truth, outputs, class_names) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["class_label", "class_name", "file_stem", "output_word"]
+__all__ = ["class_label", "class_name", "file_stem", "output_word", "true_labels"]
 
 ClassNames = Sequence[str] | Mapping[int, str] | None
 
@@ -63,3 +63,24 @@ def file_stem(index: int, class_id: int, class_names: ClassNames) -> str:
     """
     name = re.sub(r"[^\w.-]+", "_", class_label(class_id, class_names)).strip("._")[:100]
     return f"{index}_{name or int(class_id)}"
+
+
+def true_labels(labels: object, n: int) -> list[int] | None:
+    """``labels`` (one integer class id per sample, ``n`` samples) as ints; None stays None.
+
+    >>> true_labels([3, 1], 2), true_labels(None, 2)
+    ([3, 1], None)
+    """
+    if labels is None:
+        return None
+    import numpy as np
+
+    from saliency.viz.images import to_numpy
+
+    arr = to_numpy(labels, "labels").reshape(-1)
+    if arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"labels: expected one integer class id per sample ({n}), got {arr.dtype} "
+            f"{list(arr.shape)}"
+        )
+    return [int(v) for v in arr]

@@ -35,7 +35,7 @@ from saliency.viz import html as shell
 from saliency.viz.colormaps import lookup_table
 from saliency.viz.draw import grid
 from saliency.viz.images import channel_axis, to_numpy
-from saliency.viz.labels import class_name, output_word
+from saliency.viz.labels import class_name, output_word, true_labels
 from saliency.viz.pictures import input_pictures
 from saliency.viz.thresholds import full_colour
 from saliency.viz.token_pictures import Skip, _skipper
@@ -150,7 +150,7 @@ def view(
         raise ValueError(f"max_side: expected an int of at least 8, got {max_side!r}")
     classes = to_numpy(attribution.classes, "attribution.classes")
     outputs = to_numpy(attribution.outputs, "attribution.outputs").astype(np.float64)
-    truth = _labels(labels, n)
+    truth = true_labels(labels, n)
     kind = "sequence" if tokens is not None or len(shape) == 3 else "image"
     if kind == "sequence" and len(shape) != 3:
         raise ValueError(
@@ -293,18 +293,6 @@ def _samples(samples: object, n: int) -> list[int]:
     if not chosen or bad:
         raise ValueError(f"samples: expected indices below {n}, got {samples!r}")
     return [s % n for s in chosen]
-
-
-def _labels(labels: object, n: int) -> list[int] | None:
-    if labels is None:
-        return None
-    arr = to_numpy(labels, "labels").reshape(-1)
-    if arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"labels: expected one integer class id per sample ({n}), got {arr.dtype} "
-            f"{list(arr.shape)}"
-        )
-    return [int(v) for v in arr]
 
 
 def _image_maps(rows: np.ndarray) -> np.ndarray:
