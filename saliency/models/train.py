@@ -241,7 +241,11 @@ def _fit(
     recipe: Recipe,
     epochs: int,
     seed: int,
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
+    """Adam on ``loss(model, x_batch, y_batch)`` (default: cross-entropy of ``model(x)``),
+    seeded: the same weights on every run."""
+    loss = loss or (lambda model, xb, yb: F.cross_entropy(model(xb), yb))
     # fork_rng keeps the caller's global RNG state untouched by the seeding below.
     with torch.random.fork_rng(devices=[]), _deterministic(), _threads(recipe.threads):
         torch.manual_seed(seed)
@@ -254,7 +258,7 @@ def _fit(
         for _ in range(epochs):
             for idx in torch.randperm(len(y), generator=shuffle).split(recipe.batch_size):
                 optimiser.zero_grad()
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                loss(model, x[idx], y[idx]).backward()
                 optimiser.step()
     return model.eval()
 
@@ -462,23 +466,11 @@ def _fit_language_model(
     epochs: int,
     seed: int,
 ) -> nn.Module:
-    with torch.random.fork_rng(devices=[]), _deterministic(), _threads(recipe.threads):
-        torch.manual_seed(seed)
-        model = build()
-        shuffle = torch.Generator().manual_seed(seed)
-        optimiser = torch.optim.Adam(
-            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-        )
-        model.train()
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=shuffle).split(recipe.batch_size):
-                ids = x[idx]
-                logits = model(ids, (ids != data.PAD_ID).long())
-                loss = F.cross_entropy(logits.flatten(0, 1), targets[idx].flatten())
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-    return model.eval()
+    def next_tokens(model: nn.Module, ids: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+        logits = model(ids, (ids != data.PAD_ID).long())
+        return F.cross_entropy(logits.flatten(0, 1), want.flatten())
+
+    return _fit(build, x, targets, recipe, epochs, seed, loss=next_tokens)
 
 
 def _exact_continuations(model: nn.Module, prompts: torch.Tensor, answers: torch.Tensor) -> float:
