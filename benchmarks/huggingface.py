@@ -53,7 +53,7 @@ import torch
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 sys.path.insert(1, str(_HERE.parent))  # run from a checkout without installing
-from _report import fmt_ms, machine, table, write_section  # noqa: E402
+from _report import Target, fmt_ms, machine, save_results, table, write_section  # noqa: E402
 
 import saliency  # noqa: E402
 from saliency.engine import forget_strategy_choices  # noqa: E402
@@ -232,7 +232,8 @@ def _diff(a: torch.Tensor, ref: torch.Tensor, k: int) -> float:
     return float((a[:, idx] - ref[:, idx]).abs().max()) / max(scale, 1e-30)
 
 
-def run_case(m: Model, method: str, k: int, rounds: int, log) -> list[str]:
+def run_case(m: Model, method: str, k: int, rounds: int, log, targets: list[Target]) -> list[str]:
+    """One table row; appends the case's two targets to ``targets``."""
     mine = ours(m, method, k)
 
     def first():
@@ -258,6 +259,11 @@ def run_case(m: Model, method: str, k: int, rounds: int, log) -> list[str]:
         f"{captum_t:.3f}s floor {t_floor:.3f}s diff {diff:.1e}"
     )
     label = "gradients" if method == "gradients" else f"IG {STEPS} steps"
+    case = f"{m.name.split(' (')[0]} {label}, K={k}"
+    targets.append(Target("transformers", case, "first call / later call", "<= 1.3",
+                          first_t / later_t, first_t <= 1.3 * later_t))  # fmt: skip
+    targets.append(Target("transformers", case, "later call / floor (1 forward + K backward)",
+                          "<= 1", later_t / t_floor, later_t <= t_floor))  # fmt: skip
     return [
         f"{m.name}, B={B}", label, str(k), fmt_ms(first_t), fmt_ms(later_t),
         f"{first_t / later_t:.2f}{'' if first_t <= 1.3 * later_t else ' (over 1.3)'}",
@@ -279,12 +285,13 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     load_before = os.getloadavg()[0]
-    rows = []
+    rows, targets, start = [], [], time.perf_counter()
     for key in args.models.split(","):
         m = MODELS[key]()
         for method in ("gradients", "integrated_gradients"):
             for k in (10, C):
-                rows.append(run_case(m, method, k, args.rounds, lambda s: print(s, flush=True)))
+                say = lambda s: print(s, flush=True)  # noqa: E731
+                rows.append(run_case(m, method, k, args.rounds, say, targets))
     load_after = os.getloadavg()[0]
     header = [
         "model", "method", "K", "ours, first call (ms)", "ours, later call (ms)", "first / later",
@@ -315,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown)
     if not args.no_write:
         write_section("transformers", markdown)
+        seconds = time.perf_counter() - start
+        save_results("transformers", {"machine": machine(), "seconds": seconds, "targets": targets})
 
 
 if __name__ == "__main__":
