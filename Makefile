@@ -39,3 +39,5 @@ bench: setup-dev
 	$(PY) benchmarks/viz.py
 	$(PY) benchmarks/audit.py
 	$(PY) benchmarks/audit_run.py
+	$(PY) benchmarks/huggingface.py
+	$(PY) benchmarks/generation.py
