@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -571,7 +572,17 @@ def test_result_selects_saves_loads_and_merges(tmp_path):
     assert words.scores.shape == (3, 3, 4) and words.labels[0][0] == "".join(a.tokens[0][:2])
     with pytest.raises(ValueError, match="spans: range \\(5, 9\\)"):
         merge(a, [(5, 9)])
-    assert torch.equal(a.top_sources(2)[..., 0], a.scores.argmax(-1))
+    # Top sources: only columns a step sees (signed IG scores: an unseen 0 may beat them).
+    cols = torch.arange(a.ids.shape[1])
+    seen = (cols[None, None, :] < torch.tensor([4, 5, 6])[None, :, None]) & a.real_steps[..., None]
+    assert torch.equal(a.visible, seen & a.attention_mask.bool()[:, None, :])
+    top = a.top_sources(2)
+    assert torch.equal(top[..., 0], torch.where(seen, a.scores, -torch.inf).argmax(-1))
+    assert bool(seen.gather(2, top).all())
+    assert a.top_sources(6)[:, 0, 4:].tolist() == [[-1, -1]] * 3  # step 0 sees 4 columns
+    assert torch.equal(a[np.int64(1)].scores, a.scores[1:2])
+    with pytest.raises(ValueError, match="k: expected a positive int"):
+        a.top_sources(0)
 
 
 def test_load_of_a_crafted_generation_file_names_the_file_and_what_is_wrong(tmp_path):

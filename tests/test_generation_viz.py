@@ -198,6 +198,38 @@ def test_hovering_a_generated_token_lights_up_its_source(reverse, tmp_path):
     )  # fmt: skip
 
 
+def test_the_same_view_shown_twice_in_a_notebook_answers_in_both(reverse, tmp_path):
+    # Two outputs of one result carry the same element id; each script must take its own.
+    if reason := browser.unavailable():
+        pytest.skip(reason)
+    from saliency.viz.html import page
+
+    a, _ = reverse
+    path = tmp_path / "twice.html"
+    path.write_text(page("twice", html_view(a) + html_view(a)), encoding="utf-8")
+    script = """(() => {
+      const views = [...document.querySelectorAll('.sv-gen')];
+      const lit = (view) => [...view.querySelector('.sample').querySelectorAll('span.t')]
+        .filter((s) => s.style.background).length;
+      const hover = (view) => view.querySelector('span.g[data-r="2"]')
+        .dispatchEvent(new MouseEvent('mouseenter'));
+      const leave = (view) => view.querySelector('span.g[data-r="2"]')
+        .dispatchEvent(new MouseEvent('mouseleave'));
+      hover(views[1]);
+      const second = [lit(views[0]), lit(views[1])];
+      leave(views[1]);
+      hover(views[0]);
+      const first = [lit(views[0]), lit(views[1])];
+      return {ids: views.map((v) => v.id), second, first};
+    })()"""
+    result = browser.evaluate(path, script)
+    assert not result.page_errors and not result.console_errors
+    value = result.value
+    assert value["ids"][0] == value["ids"][1]  # the same id: the case to handle
+    assert value["second"][0] == 0 and value["second"][1] > 0
+    assert value["first"][0] > 0 and value["first"][1] == 0
+
+
 def test_matplotlib_figure(reverse):
     pytest.importorskip("matplotlib")
     import matplotlib

@@ -165,6 +165,28 @@ def test_two_views_in_one_notebook_page_work_apart(browser, digits, tmp_path) ->
     assert (two["sample"], two["options"], two["inputs"], two["note"]) == ("2", 3, 0, "note")
 
 
+def test_the_same_view_shown_twice_answers_in_both(browser, digits, tmp_path) -> None:
+    # One result shown in two cells: the same id twice; each script must take its own copy.
+    a, x, y, _, _ = digits
+    view = viz.view(a, x, labels=y)._repr_html_()
+    path = tmp_path / "twice.html"
+    path.write_text(shell.page("twice", view + "<hr>" + view), encoding="utf-8")
+    script = """() => {
+      const roots = document.querySelectorAll('.sv-view');
+      const s = roots[1].querySelector('.sv-sample');
+      s.value = '4'; s.dispatchEvent(new Event('change'));
+      return Array.from(roots).map(r => ({id: r.id,
+        info: r.querySelector('.sv-info').textContent,
+        static: getComputedStyle(r.querySelector('.sv-static')).display}));
+    }"""
+    page = browser.evaluate(path, script)
+    assert not page.console_errors and not page.page_errors
+    one, two = page.value
+    assert one["id"] == two["id"]
+    assert one["static"] == two["static"] == "none"  # both scripts ran, each on its own view
+    assert "#4" in two["info"] and "#4" not in one["info"], (one["info"], two["info"])
+
+
 def test_token_view_colours_tokens_and_reads_their_scores(browser, tmp_path) -> None:
     scores = torch.tensor([[[0.5, -2.0, 0.0, 1.0], [1.0, 0.25, -0.5, 0.0]]])
     a = saliency.Attribution(

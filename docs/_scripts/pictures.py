@@ -519,9 +519,7 @@ def hit_rates(n: int = GENERATION_N, methods: dict = GENERATION_METHODS) -> list
     rows = []
     for label, (method, options) in methods.items():
         a = _generation(n, method, keep_values=True, **options)
-        # What each step sees: the real columns before its own token.
-        cols = torch.arange(a.ids.shape[1])
-        seen = a.attention_mask.bool()[:, None, :] & (cols < a.columns[:, None])
+        seen = a.visible  # what each step sees: the real columns before its own token
         cells = []
         for scores in (a.values.norm(dim=-1), a.values.sum(-1)):  # reduce="norm", "sum"
             if method in ("gradients", "smoothgrad") and len(cells) == 1:

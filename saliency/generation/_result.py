@@ -144,16 +144,34 @@ class GenerationAttribution:
         """``[B, T_out]`` bool: the steps explained (not padding after an end-of-sequence)."""
         return self.attention_mask[:, self.columns].bool()
 
+    @property
+    def visible(self) -> torch.Tensor:
+        """``[B, T_out, T_ctx]`` bool: the context columns each explained step can see (the real
+        tokens before its own)."""
+        cols = torch.arange(self.ids.shape[1], device=self.ids.device)
+        before = cols[None, :] < self.columns.to(cols.device)[:, None]  # [T_out, T_ctx]
+        mask = self.attention_mask.bool()
+        return before[None] & mask[:, None, :] & self.real_steps[:, :, None]
+
     def top_sources(self, k: int = 1) -> torch.Tensor:
-        """``[B, T_out, k]``: the context columns with the highest scores for each step."""
-        return self.scores.topk(k, dim=-1).indices
+        """``[B, T_out, k]``: for each step, the ``k`` columns it can see with the highest
+        scores, highest first; -1 where a step sees fewer than ``k`` (or is not explained)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive int, got {k!r}")
+        if k > self.ids.shape[1]:
+            raise ValueError(f"k: expected at most the context's {self.ids.shape[1]} columns")
+        seen = self.visible
+        top = torch.where(seen, self.scores, -torch.inf).topk(k, dim=-1)
+        return torch.where(top.values > -torch.inf, top.indices, -1)
 
     def __getitem__(self, samples: int | slice | Sequence[int] | torch.Tensor):
         """The same explanation for some samples only: ``a[0]``, ``a[1:3]``, ``a[[0, 2]]``."""
         if isinstance(samples, bool) or isinstance(samples, str):
             raise TypeError(f"samples: expected an int, a slice or indices, got {samples!r}")
-        if isinstance(samples, torch.Tensor) and samples.ndim == 0:
+        if isinstance(samples, torch.Tensor | np.ndarray) and samples.ndim == 0:
             samples = samples.item()
+        if isinstance(samples, np.integer):
+            samples = int(samples)
         if isinstance(samples, int):
             n = len(self)
             if not -n <= samples < n:

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from saliency._atomic import atomic_write
 from saliency.viz.colormaps import DIVERGING, lookup_table
 from saliency.viz.draw import _font
-from saliency.viz.html import colour_bar, escape, fragment, script_data, view_id
+from saliency.viz.html import colour_bar, escape, fragment, root_of, script_data, view_id
 from saliency.viz.png import write_png
 
 __all__ = [
@@ -285,7 +285,7 @@ _STYLE = """
 
 _SCRIPT = """
 (function(){
-var root=document.getElementById(%(id)s);if(!root)return;
+var root=%(root)s;if(!root)return;
 var palette=%(palette)s,ink=%(ink)s,views=%(data)s;
 function bytes(b64){var s=atob(b64),a=new Uint8Array(s.length);
  for(var i=0;i<s.length;i++)a[i]=s.charCodeAt(i);return a;}
@@ -386,7 +386,7 @@ def _view(attribution, max_samples, normalize, percentile, cmap) -> tuple[str, s
     if len(attribution.generated) > n:
         more = f'<div class="legend">... {len(attribution.generated) - n} more samples</div>'
     script = _SCRIPT % {
-        "id": script_data(root),
+        "root": root_of(root),
         "palette": script_data(palette),
         "ink": script_data(ink),
         "data": script_data(views),

@@ -114,6 +114,20 @@ def colour_bar(cmap: str, signed: bool, *, stops: int = 17) -> str:
     return f"linear-gradient(to right, {steps})"
 
 
+def root_of(root: str) -> str:
+    """A JavaScript expression for a view's root element: the first element with id ``root``
+    (from :func:`view_id`) that no view script has taken yet, marked as taken. The same view
+    shown twice in a notebook has two such elements; each output's script takes its own."""
+    if not re.fullmatch(r"[\w-]+", root):
+        raise ValueError(f"root: expected an id from view_id, got {root!r}")
+    find = "document.querySelectorAll('[id=\"" + root + "\"]')"
+    return (
+        f"(function(){{var all={find};for(var i=0;i<all.length;i++){{"
+        "if(!all[i].hasAttribute('data-sv-taken')){all[i].setAttribute('data-sv-taken','1');"
+        "return all[i];}}return null;})()"
+    )
+
+
 def view_id(*parts: object) -> str:
     """An id for a view's root element, from what it shows: the same view, the same page bytes."""
     h = hashlib.sha256()

@@ -222,7 +222,7 @@ def view(
         f'<script type="application/json" class="sv-data">{shell.script_data(data)}</script>'
         "</div>"
     )
-    script = shell.asset("viewer.js") + f'\nsaliencyView(document.getElementById("{root}"));'
+    script = shell.asset("viewer.js") + f"\nsaliencyView({shell.root_of(root)});"
     what = "image maps {}x{}".format(*_image_size(shape)) if kind == "image" else "sequences"
     return View(
         f"saliency: {data['method']}",
