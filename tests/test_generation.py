@@ -292,6 +292,30 @@ def test_smoothgrad_is_one_noise_draw_per_copy_of_the_whole_context():
     assert a.params["seed"] == 5
 
 
+def test_smoothgrads_noise_scale_ignores_padding():
+    # The noise is relative to the range of the real tokens' embeddings: what fills the padding
+    # (its id, a huge pad embedding) must change nothing.
+    lm = gpt2()
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[PAD] *= 20
+    prompt, continuation = ids(1, 3, seed=30), ids(1, 3, seed=31)
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    runs = []
+    for pad in (PAD, 5):
+        padded = torch.cat([torch.full((1, 2), pad), prompt], 1)
+        runs.append(
+            saliency.explain_generation(
+                lm, padded, attention_mask=mask, generated=continuation, method="smoothgrad",
+                n_samples=4, seed=2,
+            )  # fmt: skip
+        )
+    torch.testing.assert_close(runs[0].scores, runs[1].scores, rtol=1e-5, atol=1e-9)
+    e = lm.get_input_embeddings()(torch.cat([prompt, continuation], 1)).detach()
+    want = 0.15 * float(e.max() - e.min())
+    assert runs[0].params["noise_std"] == pytest.approx([want], rel=1e-5)
+    assert runs[0].params.get("noise") is None  # what the caller gave: nothing
+
+
 # -- padding, batches, streaming ----------------------------------------------------------------
 
 

@@ -102,6 +102,25 @@ def test_one_sample_without_noise_is_gradients():
         torch.testing.assert_close(a.values, g.values, rtol=0, atol=0)
 
 
+def test_noise_std_per_sample():
+    model = tanh_mlp()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    common = dict(n_samples=4, seed=1, strategy="loop")
+    same = saliency.smoothgrad(model, x, noise_std=0.2, **common)
+    each = saliency.smoothgrad(model, x, noise_std=torch.full((3,), 0.2, dtype=torch.float64),
+                               **common)  # fmt: skip
+    torch.testing.assert_close(each.values, same.values, rtol=0, atol=0)
+    assert each.params["noise_std"] == [0.2, 0.2, 0.2]
+    mixed = saliency.smoothgrad(model, x, noise_std=torch.tensor([0.0, 0.2, 0.2]), **common)
+    g = saliency.gradients(model, x, strategy="loop")
+    torch.testing.assert_close(mixed.values[0], g.values[0], rtol=0, atol=0)  # no noise
+    torch.testing.assert_close(mixed.values[1:], same.values[1:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"noise_std: expected a number or a floating tensor"):
+        saliency.smoothgrad(model, x, noise_std=torch.ones(2))
+    with pytest.raises(ValueError, match="noise_std: expected finite, non-negative"):
+        saliency.smoothgrad(model, x, noise_std=torch.tensor([0.1, -1.0, 0.1]))
+
+
 def test_seeds_reproduce_and_differ_and_leave_the_global_rng_alone():
     model = tanh_mlp()
     x = torch.randn(3, 5, dtype=torch.float64)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..engine import parse_memory
+from ..engine import layer_output, parse_memory
 from ..methods import gradients, integrated_gradients, smoothgrad
 from . import _context as context_
 from . import _plan
@@ -172,6 +172,10 @@ def explain_generation(
     delta = torch.zeros(b, t_out, **like) if method == "integrated_gradients" else None
     steps_used = [[0] * t_out for _ in range(b)] if options.get("steps") == "auto" else None
     seed = _seed(method, options)
+    given = options  # as the caller gave them, for params
+    if method == "smoothgrad" and options.get("noise_std") is None:
+        options = {k: v for k, v in options.items() if k != "noise"}
+        options["noise_std"] = _noise_std(runner, ctx, given.get("noise"), output, dtype)
     chunks = _plan.chunks(ctx, method, options, budget, width, dtype, src, kind)
     strategy = None
     for s0, s1, length in chunks:
@@ -200,7 +204,7 @@ def explain_generation(
         "target": _describe_target(score, contrast),
         "reduce": reduce,
         "layer": runner.layer_name,
-        **{k: describe(v) for k, v in options.items()},
+        **{k: describe(v) for k, v in given.items()},
         "strategy": strategy,
         "max_memory": max_memory,
         "chunks": [[s0, s1, length] for s0, s1, length in chunks],
@@ -208,6 +212,7 @@ def explain_generation(
     }
     if seed is not None:
         params["seed"] = seed
+        params["noise_std"] = describe(options["noise_std"])
     if steps_used is not None:
         params["steps_used"] = steps_used
     tokens, source_tokens = _tokens(tokenizer, ctx)
@@ -280,6 +285,30 @@ def _describe_target(score: str, contrast) -> object:
     if contrast is None:
         return score
     return {"contrast": score, "alternatives": describe(contrast.alternatives)}
+
+
+def _noise_std(runner, ctx, noise: object, output, dtype) -> torch.Tensor:
+    """SmoothGrad's noise of every sample ``[B]``: ``noise`` (default 0.15) times the range of
+    its values at the layer over its real columns only, so that a prompt's padding (and the
+    padding's embeddings) does not change how it is explained."""
+    noise = 0.15 if noise is None else noise
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
+        raise ValueError(f"noise: expected a non-negative number, got {noise!r}")
+    x, layer = runner.point(ctx, ctx.length)
+    if layer is None:  # an encoder-decoder: [source | decoder] embeddings
+        real = torch.cat([ctx.source_mask, ctx.mask], 1).bool()
+    else:
+        kw = runner.arguments(ctx, slice(0, ctx.out), ctx.length, None, dtype)
+        x = layer_output(runner.wrapped, x, layer, output=output, **kw)
+        real = ctx.mask.bool()
+    x = x.detach()
+    if x.ndim < 2 or x.shape[:2] != real.shape:  # not one value per token: the whole range
+        real = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
+    real = real.reshape(*real.shape, *[1] * (x.ndim - real.ndim)).expand_as(x).flatten(1)
+    flat = x.flatten(1)
+    top = torch.where(real, flat, -torch.inf).amax(1)
+    low = torch.where(real, flat, torch.inf).amin(1)
+    return (noise * (top - low)).to(dtype)
 
 
 def _reduce(values: torch.Tensor, how: str) -> torch.Tensor:

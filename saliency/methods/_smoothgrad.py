@@ -12,7 +12,7 @@ from .. import targets
 from ..attribution import Attribution
 from . import _stream
 from ._gradients import gradients
-from ._request import Request, generator
+from ._request import Request, describe, generator
 from .records import MethodRecord, Option
 
 __all__ = ["smoothgrad"]
@@ -28,7 +28,7 @@ def smoothgrad(
     *,
     n_samples: int = 50,
     noise: float | None = None,
-    noise_std: float | None = None,
+    noise_std: float | torch.Tensor | None = None,
     variant: str = "mean",
     seed: int | None = None,
     method: Callable[..., Attribution] | None = None,
@@ -60,7 +60,8 @@ def smoothgrad(
         when ``noise_std`` is not given. A sample with a zero range gets no noise (with a
         warning).
     noise_std
-        An absolute standard deviation instead of ``noise`` (Captum's ``stdevs``).
+        An absolute standard deviation instead of ``noise`` (Captum's ``stdevs``): a number, or
+        one per sample (a tensor ``[B]``).
     variant
         ``"mean"`` (SmoothGrad), ``"squared"`` (SmoothGrad², the mean of squares) or ``"var"``
         (VarGrad, the variance over the copies, dividing by ``n_samples`` like Captum). All
@@ -176,7 +177,7 @@ def smoothgrad(
     params = req.params(
         n_samples=n,
         noise=None if noise_std is not None else (0.15 if noise is None else noise),
-        noise_std=noise_std,
+        noise_std=describe(noise_std),
         variant=variant,
         seed=seed,
         method=inner_info[0],
@@ -211,8 +212,19 @@ RECORDS = (
 )
 
 
-def _std(x: torch.Tensor, noise: float | None, noise_std: float | None) -> torch.Tensor:
+def _std(
+    x: torch.Tensor, noise: float | None, noise_std: float | torch.Tensor | None
+) -> torch.Tensor:
     """The noise standard deviation of every sample, ``[B]``."""
+    if isinstance(noise_std, torch.Tensor):
+        if noise_std.shape not in ((), (x.shape[0],)) or not noise_std.is_floating_point():
+            raise ValueError(
+                f"noise_std: expected a number or a floating tensor [B] = [{x.shape[0]}], got "
+                f"{noise_std.dtype} of shape {list(noise_std.shape)}"
+            )
+        if not bool(torch.isfinite(noise_std).all()) or bool((noise_std < 0).any()):
+            raise ValueError("noise_std: expected finite, non-negative standard deviations")
+        return noise_std.detach().to(x.device, x.dtype).expand(x.shape[0]).clone()
     if noise_std is not None:
         _check_amount("noise_std", noise_std)
         return torch.full((x.shape[0],), float(noise_std), dtype=x.dtype, device=x.device)
