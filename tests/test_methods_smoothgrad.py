@@ -111,7 +111,9 @@ def test_noise_std_per_sample():
                                **common)  # fmt: skip
     torch.testing.assert_close(each.values, same.values, rtol=0, atol=0)
     assert each.params["noise_std"] == [0.2, 0.2, 0.2]
-    mixed = saliency.smoothgrad(model, x, noise_std=torch.tensor([0.0, 0.2, 0.2]), **common)
+    mixed = saliency.smoothgrad(
+        model, x, noise_std=torch.tensor([0.0, 0.2, 0.2], dtype=torch.float64), **common
+    )
     g = saliency.gradients(model, x, strategy="loop")
     torch.testing.assert_close(mixed.values[0], g.values[0], rtol=1e-12, atol=1e-15)  # no noise
     torch.testing.assert_close(mixed.values[1:], same.values[1:], rtol=0, atol=0)
