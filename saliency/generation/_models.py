@@ -18,6 +18,7 @@ import torch
 
 from ..engine import layer_name, layer_output, outputs, scores_of
 from . import _context as context_
+from ._generate import decoder_start
 from ._targets import Forced, ForcedSeq2Seq
 
 __all__ = ["Decoder", "Seq2Seq"]
@@ -158,18 +159,9 @@ class Seq2Seq:
         self.source_length = 0
 
     def start(self) -> int:
-        config = self.model.generation_config
-        start = getattr(config, "decoder_start_token_id", None)
-        if start is None:
-            start = getattr(self.model.config, "decoder_start_token_id", None)
-        if start is None:
-            raise ValueError(
-                "model: its config has no decoder_start_token_id, so the decoder's first input "
-                "is unknown"
-            )
-        return int(start)
+        return decoder_start(self.model)
 
-    def logits(self, ids, mask):  # greedy generation: HuggingFace encoder-decoders generate
+    def logits(self, ids, mask):  # greedy generation runs the model itself (see _generate)
         raise NotImplementedError
 
     def _embed(self, part, ids: torch.Tensor, scale: float) -> torch.Tensor:
