@@ -1,13 +1,19 @@
-"""Greedy generation as the model's plain argmax whatever its generation config asks for.
-Oracle: the model's own argmax, step by step."""
+"""explain_generation's runners and greedy generation: the logits a context needs (only the rows
+that predict its steps, under max_memory), the causality check (on a real column), greedy
+generation as the model's plain argmax whatever its generation config asks for. Oracles: a plain
+autograd loop per step, the model's own argmax."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import saliency
-from saliency.generation import _generate
+from saliency.generation import _context, _generate, _models
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,6 +50,157 @@ def bart(**generation: object):
     for key, value in generation.items():
         setattr(model.generation_config, key, value)
     return model
+
+
+class Cumulative(torch.nn.Module):
+    """A causal language model without attention_mask (nor logits_to_keep): token ``j`` sees the
+    running sum of the embeddings up to ``j``."""
+
+    def __init__(self, vocab: int = 40, width: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(vocab, width)
+        self.head = torch.nn.Linear(width, vocab)
+
+    def from_embeddings(self, e: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(e.cumsum(1)))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.from_embeddings(self.emb(input_ids))
+
+
+def gradient_loop(embed, logits_of, prompt, generated, width):
+    """The oracle: for each step alone, the gradient of its token's probability at the
+    embeddings of its prefix, as L2 norms per token ``[T_out, width]`` (zeros beyond)."""
+    ids = torch.cat([prompt, generated])[None]
+    rows = []
+    for t in range(len(generated)):
+        e = embed(ids[:, : len(prompt) + t]).detach().requires_grad_()
+        y = logits_of(e)[0, -1].softmax(-1)[generated[t]]
+        (g,) = torch.autograd.grad(y, e)
+        row = torch.zeros(width)
+        row[: e.shape[1]] = g[0].norm(dim=-1)
+        rows.append(row)
+    return torch.stack(rows)
+
+
+class Largest(TorchDispatchMode):
+    """The largest tensor any operator makes inside the block, in bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.bytes = max(self.bytes, t.numel() * t.element_size())
+        return out
+
+
+# -- the logits a context needs -----------------------------------------------------------------
+
+
+def test_a_long_prompt_never_holds_the_whole_contexts_logits():
+    v, p, t = 20000, 300, 6
+    lm = gpt2(vocab=v, positions=p + t)
+    g = torch.Generator().manual_seed(0)
+    prompt, generated = (
+        torch.randint(3, v, (p,), generator=g),
+        torch.randint(3, v, (t,), generator=g),
+    )
+    with Largest() as seen:
+        a = saliency.explain_generation(
+            lm, prompt[None], generated=generated[None], max_memory="50MB"
+        )
+    # Logits are V floats per column kept: a chunk of t steps keeps t + 1 columns for at most t
+    # copies of the context (one per step), far from the p + t columns of the whole context.
+    row = v * 4
+    assert seen.bytes <= (t + 1) ** 2 * row < (p + t) * row / 6
+    emb = lm.get_input_embeddings()
+    want = gradient_loop(emb, lambda e: lm(inputs_embeds=e).logits, prompt, generated, p + t)
+    torch.testing.assert_close(a.scores[0], want, atol=1e-7, rtol=1e-4)
+    with torch.no_grad():
+        probs = lm(torch.cat([prompt, generated])[None]).logits[0, p - 1 : -1].softmax(-1)
+    torch.testing.assert_close(a.step_scores["probability"][0], probs[range(t), generated])
+
+
+def test_a_model_without_logits_to_keep_runs_rows_in_groups_that_fit():
+    lm = Cumulative(vocab=3000, width=4).eval()
+    runner = _models.Decoder(lm, lm.emb)
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, 3000, (4, 40), generator=g)
+    generated = torch.randint(0, 3000, (4, 5), generator=g)
+    real = torch.ones_like(generated, dtype=torch.bool)
+    real[1, 3:] = False  # a continuation that ended early
+    ctx = _context.build("decoder", prompts, torch.ones_like(prompts), generated, real, None)
+    with torch.no_grad():
+        full = lm(ctx.ids)
+    want = full.gather(1, ctx.steps[..., None].expand(-1, -1, full.shape[-1]))
+    one = full[0].numel() * 4  # one sample's logits: the model computes them all
+    # The first row alone (it tells the vocabulary's size), then groups of rows whose logits
+    # take at most a quarter of the budget; without one, up to 256 MB.
+    for budget, largest in ((4 * one, one), (8 * one, 2 * one), (None, 3 * one)):
+        with Largest() as seen:
+            picked = runner.logits_of(ctx, budget)
+        assert seen.bytes == largest
+        torch.testing.assert_close(picked, want, rtol=0, atol=0)
+
+
+def test_an_encoder_decoder_gives_the_logits_of_its_steps():
+    lm = bart()
+    source, generated = torch.tensor([[5, 6, 7, 8, EOS]]), torch.tensor([[11, 12, 13]])
+    a = saliency.explain_generation(lm, source, generated=generated, target="log_probability")
+    with torch.no_grad():
+        dec = torch.cat([torch.tensor([[EOS]]), generated], 1)
+        log_p = lm(input_ids=source, decoder_input_ids=dec).logits[0, :-1].log_softmax(-1)
+    torch.testing.assert_close(a.step_scores["target"][0], log_p[range(3), generated[0]])
+
+
+# -- the causality check ------------------------------------------------------------------------
+
+
+def bidirectional():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, is_decoder=False, initializer_range=0.5,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.BertLMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize(
+    "generated",
+    [[[11, 12, 13], [14, 15, 16]], [[11, 49, 13], [14, 15, 16]], [[11, 49, 13], [14, 49, 16]]],
+    ids=["full", "first-ended", "both-ended"],
+)
+def test_a_bidirectional_model_is_refused_when_rows_end_early(generated):
+    # A row that ended at eos has padding last, which the attention mask hides: changing it
+    # cannot show that the model looks ahead, so a real column must be changed.
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    with pytest.raises(ValueError, match="model: BertLMHeadModel is not causal"):
+        saliency.explain_generation(
+            bidirectional(), prompts, generated=torch.tensor(generated), eos_token_id=49
+        )
+
+
+def test_a_causal_model_with_rows_that_end_early_is_explained_as_each_alone():
+    lm = gpt2()
+    prompts, generated = (
+        torch.tensor([[5, 6, 7], [8, 9, 10]]),
+        torch.tensor([[11, 49, 13], [14, 15, 16]]),
+    )
+    a = saliency.explain_generation(lm, prompts, generated=generated, eos_token_id=49)
+    emb = lm.get_input_embeddings()
+    for b, n in ((0, 2), (1, 3)):
+        want = gradient_loop(
+            emb, lambda e: lm(inputs_embeds=e).logits, prompts[b], generated[b, :n], 6
+        )
+        torch.testing.assert_close(a.scores[b, :n], want, atol=1e-7, rtol=1e-4)
+        assert bool((a.scores[b, n:] == 0).all())
 
 
 # -- greedy generation is the plain argmax ------------------------------------------------------

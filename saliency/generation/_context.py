@@ -223,18 +223,30 @@ def build(
     return Context(ids, full, generated, steps.contiguous(), real)
 
 
-def causal_check(model: Callable, context: Context, forward: Callable, first: torch.Tensor) -> None:
-    """Refuse a decoder whose outputs at earlier real positions change when the last token
-    changes (``first``: the logits of the first sample's context). Outputs at padding are left
-    out: no step reads them, and a model may fill them with anything."""
-    ids = context.ids[:1]
-    real = context.mask[0, :-1].bool()
-    if ids.shape[1] < 2 or not bool(real.any()):
-        return
-    other = ids.clone()
-    other[0, -1] = (ids[0, -1] + 1) % (int(ids.max()) + 1)
-    changed = forward(other, context.mask[:1])
-    before, after = first[0, :-1][real], changed[0, :-1][real]
+def causal_check(
+    model: Callable, context: Context, forward: Callable, picked: torch.Tensor
+) -> None:
+    """Refuse a decoder whose logits at a step change when a later real token changes.
+
+    ``picked``: the logits that predict every step ``[B, T_out, V]``; ``forward(ids, mask,
+    steps)``: the logits at the columns ``steps`` ``[n, K]``, ``[n, K, V]``. One sample's last
+    real column is changed, and only its real steps before that column are compared (the logits
+    the explanation reads; outputs at padding are left out, and a model may fill them with
+    anything). The sample is the one with the most such steps, so that a row that ended early
+    (its last columns padding, which a mask hides) leaves the others to test.
+    """
+    columns = torch.arange(context.length, device=context.ids.device)
+    last = torch.where(context.mask.bool(), columns, -1).amax(1)  # [B]: the last real column
+    tested = context.real & (context.steps < last[:, None])  # [B, T_out]
+    if not bool(tested.any()):
+        return  # no real step has a real token after it to leak from
+    b = int(tested.sum(1).argmax())
+    keep = tested[b].nonzero().flatten()
+    c, high = int(last[b]), int(context.ids.max())
+    other = context.ids[b : b + 1].clone()
+    other[0, c] = (other[0, c] + 1) % (high + 1) if high > 0 else 1  # another id in range
+    after = forward(other, context.mask[b : b + 1], context.steps[b : b + 1, keep])[0]
+    before = picked[b, keep]
     gap = float((before - after).abs().max())
     scale = float(before.abs().max()) + 1e-12
     if gap > 1e-4 * scale:

@@ -157,10 +157,10 @@ def explain_generation(
     ctx = context_.build(kind, input_ids, mask, gen, real, runner.start())
     alternatives = None if contrast is None else alternatives_for(contrast, ctx.generated, vocab)
     runner.prepare(ctx)
-    logits = runner.logits_of(ctx)
-    step_scores = _step_scores(logits, ctx, score, alternatives)
+    picked = runner.logits_of(ctx, budget)  # [B, T_out, V]: the logits that predict the steps
+    step_scores = _step_scores(picked, ctx, score, alternatives)
     output = StepScores(score, alternatives is not None, runner.mask_name)
-    dtype = logits.dtype
+    dtype = picked.dtype
     width = runner.width
     b, t_out, t_ctx = ctx.batch, ctx.out, ctx.length
     like = {"dtype": dtype, "device": ctx.ids.device}
@@ -323,9 +323,7 @@ def _visible(ctx, steps: slice, length: int) -> torch.Tensor:
     return sees & ctx.mask[:, None, :length].bool() & ctx.real[:, steps, None]
 
 
-def _step_scores(logits: torch.Tensor, ctx, score: str, alternatives) -> dict:
-    at = ctx.steps.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    picked = logits.gather(1, at)  # [B, T_out, V]
+def _step_scores(picked: torch.Tensor, ctx, score: str, alternatives) -> dict:
     log_p = picked.log_softmax(-1)
     token = ctx.generated.unsqueeze(-1)
     out = {"probability": log_p.gather(2, token).squeeze(-1).exp()}

@@ -5,8 +5,9 @@ embeddings by default). An encoder-decoder runs on ``[source embeddings | decode
 one tensor the engine differentiates directly: its embedding module is often shared by encoder
 and decoder, so it runs twice in one pass, and ``layer=`` cannot name one of the two calls.
 Both runners give the same small interface: the step arguments of a chunk, the point to
-differentiate, Integrated Gradients' baseline, and the context's logits (through the engine's
-guards).
+differentiate, Integrated Gradients' baseline, and the logits that predict the steps (through the
+engine's guards). Only those rows are kept: a context of ``T`` tokens has ``T * V`` logits, far
+more than its ``T_out`` steps need when the prompt is long and the vocabulary large.
 """
 
 from __future__ import annotations
@@ -18,21 +19,27 @@ import torch
 
 from ..engine import layer_name, layer_output, outputs, scores_of
 from . import _context as context_
+from . import _plan
 from ._generate import decoder_start
 from ._targets import Forced, ForcedSeq2Seq
 
 __all__ = ["Decoder", "Seq2Seq"]
 
 
-def _flat(raw: object) -> torch.Tensor:
-    """``output=`` for a whole forward pass: the logits ``[B, T, V]`` as ``[B, T * V]``."""
+def _lm_logits(raw: object) -> torch.Tensor:
+    """The logits ``[B, T, V]`` in a model's raw output; a clear error for anything else."""
     logits = scores_of(raw)
     if logits.ndim != 3:
         raise ValueError(
             f"model: expected language-model logits [B, T, V], got shape {tuple(logits.shape)}; "
             "explain_generation needs a model with a language-model head"
         )
-    return logits.flatten(1)
+    return logits
+
+
+def _flat(raw: object) -> torch.Tensor:
+    """``output=`` for a whole forward pass: the logits ``[B, T, V]`` as ``[B, T * V]``."""
+    return _lm_logits(raw).flatten(1)
 
 
 def _logits(model: Callable, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -46,6 +53,33 @@ def _logits(model: Callable, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
 
     flat = outputs(model, x, output=keep, **kwargs)
     return flat.view(*shape)
+
+
+class _Rows:
+    """``output=``: the logits at the columns ``step_positions`` names, ``[n, K * V]``, whatever
+    the model kept (``logits_to_keep`` keeps the last columns only)."""
+
+    def __init__(self, mask: str = "attention_mask") -> None:
+        self.reads = (mask, "step_positions")  # the mask's width is the context's
+
+    def __call__(self, raw: object, **given: torch.Tensor) -> torch.Tensor:
+        logits = _lm_logits(raw)
+        offset = given[self.reads[0]].shape[1] - logits.shape[1]
+        at = (given["step_positions"] - offset).unsqueeze(-1).expand(-1, -1, logits.shape[2])
+        return logits.gather(1, at).flatten(1)
+
+
+def _groups(batch: int, first: int, cost: Callable[[int, int], int], cap: int) -> list[slice]:
+    """Consecutive rows ``first, first + 1, ...`` in groups whose ``cost(start, stop)`` stays
+    under ``cap`` (one row at least)."""
+    out, s0 = [], first
+    while s0 < batch:
+        s1 = s0 + 1
+        while s1 < batch and cost(s0, s1 + 1) <= cap:
+            s1 += 1
+        out.append(slice(s0, s1))
+        s0 = s1
+    return out
 
 
 class Decoder:
@@ -68,11 +102,12 @@ class Decoder:
         self.layer_name = layer_name(model, layer)
         self.positions = context_.accepts(model, "position_ids")
         self.masked = context_.accepts(model, "attention_mask")
+        self.keeps = context_.accepts(model, "logits_to_keep")
         self.wrapped = Forced(
             model,
             masked=self.masked,
             positions=self.positions,
-            keep=context_.accepts(model, "logits_to_keep"),
+            keep=self.keeps,
             no_cache=context_.accepts(model, "use_cache"),
         )
         self.width = 0
@@ -81,12 +116,19 @@ class Decoder:
         return None
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, T, V]`` without a graph (positions from the mask), through the engine's
-        guards, so that a random or batch-coupled model is refused here with its true cause."""
-        kwargs = {"attention_mask": mask}
+        """The next token's logits ``[B, 1, V]`` (at the last column), for greedy generation."""
+        last = torch.full((ids.shape[0], 1), ids.shape[1] - 1, device=ids.device)
+        return self.rows(ids, mask, last)
+
+    def rows(self, ids: torch.Tensor, mask: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The logits at the columns ``steps`` ``[B, K]`` of each row, ``[B, K, V]``, without a
+        graph (positions from the mask), through the engine's guards, so that a random or
+        batch-coupled model is refused here with its true cause."""
+        kwargs = {"attention_mask": mask, "step_positions": steps}
         if self.positions:
             kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp_min(0)
-        return _logits(self.wrapped, ids, kwargs)
+        flat = outputs(self.wrapped, ids, output=_Rows(), **kwargs)
+        return flat.view(ids.shape[0], steps.shape[1], -1)
 
     def prepare(self, ctx) -> None:
         if not self.masked and not bool(ctx.mask.bool().all()):
@@ -96,21 +138,38 @@ class Decoder:
                 "explain prompts of one length, without padding"
             )
 
-    def logits_of(self, ctx) -> torch.Tensor:
-        """The context's logits, a causality check, and the layer's width."""
-        logits = self.logits(ctx.ids, ctx.mask)
-        context_.causal_check(self.model, ctx, self.logits, logits[:1])
-        kwargs = {"attention_mask": ctx.mask[:1]}
+    def logits_of(self, ctx, budget: int | None = None) -> torch.Tensor:
+        """The logits that predict each step ``[B, T_out, V]``, a causality check, and the
+        layer's width.
+
+        A pass computes the logits of the columns from its rows' first step on when the model
+        takes ``logits_to_keep``, else of the whole context: the rows are grouped so that this
+        stays under a share of ``budget`` (as a chunk's values do), one row at least.
+        """
+        picked = [self.rows(ctx.ids[:1], ctx.mask[:1], ctx.steps[:1])]
+        column = picked[0][0, 0].numel() * picked[0].element_size()  # one column's logits
+
+        def cost(s0: int, s1: int) -> int:
+            kept = ctx.length - int(ctx.steps[s0:s1].min()) if self.keeps else ctx.length
+            return (s1 - s0) * kept * column
+
+        cap = _plan.DEFAULT_BLOCK if budget is None else budget // _plan._SHARE
+        for rows in _groups(ctx.batch, 1, cost, cap):
+            picked.append(self.rows(ctx.ids[rows], ctx.mask[rows], ctx.steps[rows]))
+        picked = torch.cat(picked)
+        context_.causal_check(self.model, ctx, self.rows, picked)
+        kwargs = {"attention_mask": ctx.mask[:1], "step_positions": ctx.steps[:1]}
         if self.positions:
             kwargs["position_ids"] = ctx.positions()[:1]
-        shape = layer_output(self.wrapped, ctx.ids[:1], self.layer, output=_flat, **kwargs).shape
+        out = _Rows()
+        shape = layer_output(self.wrapped, ctx.ids[:1], self.layer, output=out, **kwargs).shape
         if len(shape) != 3:
             raise ValueError(
                 f"layer: {self.layer_name}'s output has shape {tuple(shape)}; expected one "
                 "vector per token, [B, T, E]"
             )
         self.width = shape[-1]
-        return logits
+        return picked
 
     def arguments(self, ctx, steps: slice, length: int, alternatives, dtype) -> dict:
         kw = {
@@ -205,9 +264,17 @@ class Seq2Seq:
             "cannot be attributed this way"
         )
 
-    def logits_of(self, ctx) -> torch.Tensor:
-        kwargs = {"attention_mask": ctx.source_mask, "decoder_attention_mask": ctx.mask}
-        return _logits(self.wrapped, torch.cat([self.src, self.dec], 1), kwargs)
+    def logits_of(self, ctx, budget: int | None = None) -> torch.Tensor:
+        """The logits that predict each step ``[B, T_out, V]`` (the decoder's context is the
+        steps and its start: no more to leave out)."""
+        x = torch.cat([self.src, self.dec], 1)
+        kwargs = {
+            "attention_mask": ctx.source_mask,
+            "decoder_attention_mask": ctx.mask,
+            "step_positions": ctx.steps,
+        }
+        flat = outputs(self.wrapped, x, output=_Rows(self.mask_name), **kwargs)
+        return flat.view(ctx.batch, ctx.out, -1)
 
     def arguments(self, ctx, steps: slice, length: int, alternatives, dtype) -> dict:
         kw = {
