@@ -1,7 +1,7 @@
 """explain_generation's runners and greedy generation: the logits a context needs (only the rows
 that predict its steps, under max_memory), the causality check (on a real column), greedy
-generation as the model's plain argmax whatever its generation config asks for. Oracles: a plain
-autograd loop per step, the model's own argmax."""
+generation as the model's plain argmax whatever its generation config asks for, and models
+without an attention mask. Oracles: a plain autograd loop per step, the model's own argmax."""
 
 from __future__ import annotations
 
@@ -296,3 +296,38 @@ def test_a_plain_generation_config_keeps_generate():
     assert _generate.plain(gpt2(do_sample=False, num_beams=1, temperature=0.7).generation_config)
     assert not _generate.plain(gpt2(do_sample=True).generation_config)
     assert not _generate.plain(object())
+
+
+# -- a model without attention_mask -------------------------------------------------------------
+
+
+def test_a_model_without_a_mask_explains_continuations_of_different_lengths():
+    lm = Cumulative().eval()
+    prompts = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    a = saliency.explain_generation(lm, prompts, generated=[[1, 2], [3]], layer=lm.emb)
+    for b, gen in ((0, [1, 2]), (1, [3])):
+        want = gradient_loop(lm.emb, lm.from_embeddings, prompts[b], torch.tensor(gen), 5)
+        torch.testing.assert_close(a.scores[b, : len(gen)], want, atol=1e-7, rtol=1e-4)
+    assert a.real_steps.tolist() == [[True, True], [True, False]]
+    # Greedy rows that end early are padded after their end: explained the same way.
+    prompts = torch.tensor([[7, 8, 9], [4, 5, 6]])
+    rows = [decoder_loop(lm, p, 3, eos=None) for p in prompts.tolist()]
+    end = rows[1][0]  # the second row ends at once, the first goes on
+    assert end not in rows[0]
+    g = saliency.explain_generation(lm, prompts, max_new_tokens=3, layer=lm.emb, eos_token_id=end)
+    assert g.generated[0].tolist() == rows[0] and g.generated[1, 0] == end
+    assert g.real_steps.tolist() == [[True, True, True], [True, False, False]]
+    for b, n in ((0, 3), (1, 1)):
+        want = gradient_loop(lm.emb, lm.from_embeddings, prompts[b], g.generated[b, :n], 6)
+        torch.testing.assert_close(g.scores[b, :n], want, atol=1e-7, rtol=1e-4)
+
+
+def test_a_model_without_a_mask_refuses_padding_before_a_real_token():
+    lm = Cumulative().eval()
+    prompts, mask = torch.tensor([[1, 2, 3], [0, 5, 6]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    for generated in (torch.tensor([[7, 8], [9, 10]]), None):
+        with pytest.raises(ValueError, match="attention_mask: Cumulative's forward takes no"):
+            saliency.explain_generation(
+                lm, prompts, attention_mask=mask, generated=generated, layer=lm.emb,
+                max_new_tokens=None if generated is not None else 2,
+            )  # fmt: skip

@@ -117,6 +117,7 @@ class Decoder:
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The next token's logits ``[B, 1, V]`` (at the last column), for greedy generation."""
+        self._refuse_padding(mask)
         last = torch.full((ids.shape[0], 1), ids.shape[1] - 1, device=ids.device)
         return self.rows(ids, mask, last)
 
@@ -130,13 +131,20 @@ class Decoder:
         flat = outputs(self.wrapped, ids, output=_Rows(), **kwargs)
         return flat.view(ids.shape[0], steps.shape[1], -1)
 
-    def prepare(self, ctx) -> None:
-        if not self.masked and not bool(ctx.mask.bool().all()):
+    def _refuse_padding(self, mask: torch.Tensor) -> None:
+        # Without a mask the model sees padding as tokens. Padding after a row's last real token
+        # cannot change a causal model's outputs before it (checked by causal_check); padding
+        # before a real token can.
+        if not self.masked and bool((mask[:, 1:] > mask[:, :-1]).any()):
             raise ValueError(
                 f"attention_mask: {type(self.model).__name__}'s forward takes no attention_mask, "
-                "so padding (in the prompts, or after a continuation's end) cannot be left out; "
-                "explain prompts of one length, without padding"
+                "so padding before a real token (left-padded prompts, or prompts of different "
+                "lengths) cannot be left out; explain prompts of one length, without padding "
+                "(continuations may differ in length: padding after their end is harmless)"
             )
+
+    def prepare(self, ctx) -> None:
+        self._refuse_padding(ctx.mask)
 
     def logits_of(self, ctx, budget: int | None = None) -> torch.Tensor:
         """The logits that predict each step ``[B, T_out, V]``, a causality check, and the
