@@ -252,6 +252,17 @@ def test_greedy_is_the_plain_argmax_whatever_the_generation_config_asks(setting)
     assert lm.generation_config.to_dict() == before
 
 
+def test_greedy_on_padded_prompts_is_each_prompts_argmax_alone():
+    lm = gpt2(repetition_penalty=3.0)  # not plain: the loop generates
+    prompts = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 20, 21, 22], [30, 31, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0]])
+    a = saliency.explain_generation(lm, prompts, attention_mask=mask, max_new_tokens=5)
+    for b, alone in enumerate(([5, 6, 7, 8, 9], [20, 21, 22], [30, 31])):
+        want = decoder_loop(lm, alone, 5)
+        assert a.generated[b, : len(want)].tolist() == want
+        assert a.real_steps[b].tolist() == [i < len(want) for i in range(a.generated.shape[1])]
+
+
 @pytest.mark.parametrize("setting", [{"min_new_tokens": 8}, {"min_length": 13}])
 def test_greedy_stops_at_the_end_token_despite_a_minimum_length(setting):
     prompt = [5, 6, 7, 8, 9]
