@@ -33,3 +33,16 @@ def test_docs_example_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     exec(compile(code, "<docs example>", "exec"), {"__name__": "__docs__"})
+
+
+def test_readme_examples_run_in_order(tmp_path, monkeypatch):
+    # The README's blocks continue each other: run them in one namespace, top to bottom.
+    readme = DOCS.parent / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace = {"__name__": "__readme__"}
+    for code in blocks:
+        exec(compile(code, "<README example>", "exec"), namespace)
+    assert (tmp_path / "reverse.html").stat().st_size > 1000

@@ -303,12 +303,11 @@ def test_smoothgrads_noise_scale_ignores_padding():
     runs = []
     for pad in (PAD, 5):
         padded = torch.cat([torch.full((1, 2), pad), prompt], 1)
-        runs.append(
-            saliency.explain_generation(
-                lm, padded, attention_mask=mask, generated=continuation, method="smoothgrad",
-                n_samples=4, seed=2,
-            )  # fmt: skip
+        options = dict(method="smoothgrad", n_samples=4, seed=2)
+        a = saliency.explain_generation(
+            lm, padded, attention_mask=mask, generated=continuation, **options
         )
+        runs.append(a)
     torch.testing.assert_close(runs[0].scores, runs[1].scores, rtol=1e-5, atol=1e-9)
     e = lm.get_input_embeddings()(torch.cat([prompt, continuation], 1)).detach()
     want = 0.15 * float(e.max() - e.min())
@@ -507,6 +506,16 @@ def test_bad_input_gets_clear_errors():
         )  # fmt: skip
     with pytest.raises(ValueError, match="layer: an encoder-decoder"):
         saliency.explain_generation(t5(), prompt, max_new_tokens=2, layer="shared")
+    with pytest.raises(TypeError, match=r"generated: expected integer token ids, got .*float"):
+        saliency.explain_generation(lm, prompt, generated=[[5.7, 6.2], [7]])
+    for bad in ("x", [1, "2"], 2.0):
+        with pytest.raises(TypeError, match="eos_token_id: expected a token id"):
+            saliency.explain_generation(lm, prompt, max_new_tokens=2, eos_token_id=bad)
+    with pytest.raises(ValueError, match="tokenizer: a vocabulary of 3 strings has none for id"):
+        saliency.explain_generation(lm, prompt, generated=ids(2, 2), tokenizer=["a", "b", "c"])
+    # numpy ids are ids
+    a = saliency.explain_generation(lm, prompt, generated=ids(2, 2), eos_token_id=np.int64(7))
+    assert a.generated.shape == (2, 2)
 
 
 def test_models_that_cannot_generate_are_refused_by_name():
@@ -596,6 +605,16 @@ def test_result_selects_saves_loads_and_merges(tmp_path):
     assert words.scores.shape == (3, 3, 4) and words.labels[0][0] == "".join(a.tokens[0][:2])
     with pytest.raises(ValueError, match="spans: range \\(5, 9\\)"):
         merge(a, [(5, 9)])
+    # "words" leave padding out and start a word after it.
+    padded = GenerationAttribution(
+        generated=torch.tensor([[9]]), ids=torch.tensor([[0, 4, 5, 0, 6, 9]]),
+        attention_mask=torch.tensor([[0, 1, 1, 0, 1, 1]]),
+        scores=torch.tensor([[[7.0, 0.1, 0.2, 7.0, 0.3, 0.0]]]),
+        tokens=[["<pad>", "a", "b", "<pad>", "c", "Ġd"]],
+    )  # fmt: skip
+    words = padded.merge("words")
+    assert words.labels == [["ab", "c", "Ġd"]] and words.groups == [[[1, 2], [4], [5]]]
+    torch.testing.assert_close(words.scores, torch.tensor([[[0.1 + 0.2, 0.3, 0.0]]]))
     # Top sources: only columns a step sees (signed IG scores: an unseen 0 may beat them).
     cols = torch.arange(a.ids.shape[1])
     seen = (cols[None, None, :] < torch.tensor([4, 5, 6])[None, :, None]) & a.real_steps[..., None]
@@ -632,6 +651,25 @@ def test_load_of_a_crafted_generation_file_names_the_file_and_what_is_wrong(tmp_
         assert str(info.value).startswith(prefix), str(info.value)
     with pytest.raises(FileNotFoundError, match=r"path: 'gone\.st' is not a file"):
         GenerationAttribution.load("gone.st")
+
+
+def test_sources_padded_before_real_tokens_warn_where_positions_are_absolute():
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(
+        vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_position_embeddings=32, pad_token_id=PAD, eos_token_id=EOS,
+        decoder_start_token_id=EOS,
+    )  # fmt: skip
+    bart = transformers.BartForConditionalGeneration(cfg).eval()
+    src, gen = ids(2, 5, seed=32), ids(2, 2, seed=33)
+    left = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with pytest.warns(UserWarning, match=r"attention_mask: sources \[0\] have padding before"):
+        saliency.explain_generation(bart, src, attention_mask=left, generated=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        saliency.explain_generation(bart, src, attention_mask=left.flip(1), generated=gen)
+        saliency.explain_generation(t5(), src, attention_mask=left, generated=gen)  # relative
 
 
 @pytest.mark.parametrize("name", ["bart", "marian"])

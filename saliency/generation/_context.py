@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["Context", "build", "causal_check", "kind_of"]
@@ -132,9 +133,20 @@ def eos_ids(model: Callable, eos_token_id: int | Sequence[int] | None) -> set[in
             eos_token_id = getattr(model, "eos_token_id", None)
     if eos_token_id is None:
         return set()
-    if isinstance(eos_token_id, int):
-        return {eos_token_id}
-    return {int(i) for i in eos_token_id}
+    if isinstance(eos_token_id, torch.Tensor):
+        eos_token_id = eos_token_id.tolist()
+    if _is_int(eos_token_id):
+        return {int(eos_token_id)}
+    if isinstance(eos_token_id, Sequence) and not isinstance(eos_token_id, str):
+        if all(_is_int(i) for i in eos_token_id):
+            return {int(i) for i in eos_token_id}
+    raise TypeError(
+        f"eos_token_id: expected a token id, a list of ids or [] (none), got {eos_token_id!r}"
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def vocabulary(model: Callable) -> int | None:
@@ -171,7 +183,14 @@ def continuation(generated: object, batch: int, vocab: int | None, eos: set[int]
             f"generated: expected a [B, T_out] tensor of token ids or one sequence of ids per "
             f"prompt, got {type(generated).__name__}"
         )
-    rows = [torch.as_tensor(r, dtype=torch.long).flatten() for r in generated]
+    rows = []
+    for b, r in enumerate(generated):
+        row = torch.as_tensor(r)
+        if row.is_floating_point() or row.is_complex() or row.dtype == torch.bool:
+            raise TypeError(
+                f"generated: expected integer token ids, got {row.dtype} values in sequence {b}"
+            )
+        rows.append(row.long().flatten())
     if len(rows) != batch:
         raise ValueError(
             f"generated: expected one continuation per prompt ({batch}), got {len(rows)}"

@@ -9,6 +9,7 @@ about that of a loop over steps on its own prefix, without a forward pass per st
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -145,6 +146,8 @@ def explain_generation(
             "layer: an encoder-decoder is attributed at its encoder's and decoder's input "
             "embeddings together; leave layer out"
         )
+    if kind == "encoder-decoder" and mask is not None:
+        _warn_left_padded_sources(model, mask)
     runner = Seq2Seq(model) if kind == "encoder-decoder" else Decoder(model, layer)
     if generated is None:
         gen, real = greedy(model, kind, input_ids, mask, max_new_tokens, eos, runner.logits)
@@ -287,6 +290,25 @@ def _describe_target(score: str, contrast) -> object:
     return {"contrast": score, "alternatives": describe(contrast.alternatives)}
 
 
+def _warn_left_padded_sources(model: Callable, mask: torch.Tensor) -> None:
+    """An encoder with absolute positions numbers a source's tokens by their index, padding
+    included (HuggingFace encoder-decoders take no position ids), so padding before real
+    tokens changes how a source is read; relative positions (T5) are not moved by it."""
+    config = getattr(model, "config", None)
+    if getattr(config, "relative_attention_num_buckets", None) is not None:
+        return
+    real = mask.bool()
+    early = (~real[:, :-1] & real[:, 1:]).any(1)  # a padding column before a real one
+    if bool(early.any()):
+        warnings.warn(
+            f"attention_mask: sources {early.nonzero().flatten().tolist()[:10]} have padding "
+            f"before real tokens, and {type(model).__name__} numbers its source positions by "
+            "index, padding included: they are explained as the model reads them padded, not "
+            "as alone. Pad sources on the right (HuggingFace tokenizers do for these models)",
+            stacklevel=3,
+        )
+
+
 def _noise_std(runner, ctx, noise: object, output, dtype) -> torch.Tensor:
     """SmoothGrad's noise of every sample ``[B]``: ``noise`` (default 0.15) times the range of
     its values at the layer over its real columns only, so that a prompt's padding (and the
@@ -342,6 +364,11 @@ def _tokens(tokenizer: object, ctx) -> tuple[list | None, list | None]:
     def strings(ids: torch.Tensor) -> list[list[str]]:
         rows = ids.tolist()
         if isinstance(tokenizer, list | tuple):  # a vocabulary: the string of every id
+            top = max((max(row, default=0) for row in rows), default=0)
+            if top >= len(tokenizer):
+                raise ValueError(
+                    f"tokenizer: a vocabulary of {len(tokenizer)} strings has none for id {top}"
+                )
             return [[str(tokenizer[i]) for i in row] for row in rows]
         convert = getattr(tokenizer, "convert_ids_to_tokens", None)
         if callable(convert):

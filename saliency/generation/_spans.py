@@ -3,7 +3,8 @@
 A grouping of the context's columns is given as word ids (one entry per column, the format of a
 HuggingFace fast tokenizer's ``encoding.word_ids()``: tokens with the same id form one word,
 ``None`` drops a column), as ``(start, stop)`` column ranges, or as ``"words"``: words read off
-the token strings (a token starting with a space, ``Ġ`` or ``▁`` starts a new word).
+the token strings (a token starting with a space, ``Ġ`` or ``▁`` starts a new word; padding
+belongs to no word).
 """
 
 from __future__ import annotations
@@ -41,17 +42,27 @@ class SpanScores:
     generated_labels: list | None = None
 
 
-def word_ids(tokens: Sequence[str]) -> list[int | None]:
+def word_ids(tokens: Sequence[str], mask: Sequence | None = None) -> list[int | None]:
     """Word ids read off token strings: a token starting with a space marker starts a word.
+    Columns whose ``mask`` is 0 (padding) belong to no word (``None``), and the first real
+    token after them starts a new one.
 
     >>> word_ids(["Hello", "Ġwor", "ld", "Ġ!"])
     [0, 1, 1, 2]
+    >>> word_ids(["<pad>", "a", "b", "<pad>", "c"], mask=[0, 1, 1, 0, 1])
+    [None, 0, 0, None, 1]
     """
-    ids, word = [], -1
+    ids: list[int | None] = []
+    word, gap = -1, True
     for i, token in enumerate(tokens):
-        if i == 0 or token.startswith(_WORD_STARTS) or not token:
+        if mask is not None and not mask[i]:
+            ids.append(None)
+            gap = True
+            continue
+        if gap or token.startswith(_WORD_STARTS) or not token:
             word += 1
         ids.append(word)
+        gap = False
     return ids
 
 
@@ -90,7 +101,8 @@ def merge(attribution, spans: Spans = "words", source_spans: Spans = None) -> Sp
     tensor([[[0.3000, 0.3000]]])
     """
     b = len(attribution)
-    groups = _groups(spans, b, attribution.ids.shape[1], attribution.tokens, "spans")
+    mask = attribution.attention_mask.tolist()
+    groups = _groups(spans, b, attribution.ids.shape[1], attribution.tokens, "spans", mask)
     scores, labels = _summed(attribution.scores, groups, attribution.tokens)
     source = (None, None, None)
     if source_spans is not None:
@@ -98,7 +110,7 @@ def merge(attribution, spans: Spans = "words", source_spans: Spans = None) -> Sp
             raise ValueError("source_spans: this explanation has no source (a decoder-only model)")
         sg = _groups(
             source_spans, b, attribution.source_ids.shape[1], attribution.source_tokens,
-            "source_spans",
+            "source_spans", attribution.source_mask.tolist(),
         )  # fmt: skip
         ss, sl = _summed(attribution.source_scores, sg, attribution.source_tokens)
         source = (ss, sl, sg)
@@ -117,8 +129,8 @@ def _describe(spans: Spans) -> object:
     return spans if isinstance(spans, str) else "given"
 
 
-def _groups(spans: Spans, b: int, width: int, tokens: list | None, name: str) -> list:
-    """Per sample, the list of column groups."""
+def _groups(spans: Spans, b: int, width: int, tokens: list | None, name: str, mask: list) -> list:
+    """Per sample, the list of column groups (``"words"`` leave out the padding in ``mask``)."""
     if isinstance(spans, str):
         if spans != "words":
             raise ValueError(f"{name}: expected 'words', word ids or (start, stop) ranges, got "
@@ -128,7 +140,7 @@ def _groups(spans: Spans, b: int, width: int, tokens: list | None, name: str) ->
                 f"{name}: 'words' reads word boundaries off the token strings; pass tokenizer= "
                 "to explain_generation, or give word ids (a fast tokenizer's word_ids())"
             )
-        spans = [word_ids(row) for row in tokens]
+        spans = [word_ids(row, m) for row, m in zip(tokens, mask, strict=True)]
     if not isinstance(spans, Sequence) or not spans:
         raise TypeError(
             f"{name}: expected 'words', word ids or (start, stop) ranges, got {spans!r}"
