@@ -313,6 +313,12 @@ def test_smoothgrads_noise_scale_ignores_padding():
     want = 0.15 * float(e.max() - e.min())
     assert runs[0].params["noise_std"] == pytest.approx([want], rel=1e-5)
     assert runs[0].params.get("noise") is None  # what the caller gave: nothing
+    # A contrastive target reads its alternatives in the same pass.
+    why = saliency.explain_generation(
+        lm, prompt, generated=continuation, method="smoothgrad", n_samples=2, seed=2,
+        target=contrast(1),
+    )  # fmt: skip
+    assert why.scores.shape == (1, 3, 6) and bool(torch.isfinite(why.scores).all())
 
 
 # -- padding, batches, streaming ----------------------------------------------------------------

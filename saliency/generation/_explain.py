@@ -178,7 +178,8 @@ def explain_generation(
     given = options  # as the caller gave them, for params
     if method == "smoothgrad" and options.get("noise_std") is None:
         options = {k: v for k, v in options.items() if k != "noise"}
-        options["noise_std"] = _noise_std(runner, ctx, given.get("noise"), output, dtype)
+        noise = given.get("noise")
+        options["noise_std"] = _noise_std(runner, ctx, noise, output, alternatives, dtype)
     chunks = _plan.chunks(ctx, method, options, budget, width, dtype, src, kind)
     strategy = None
     for s0, s1, length in chunks:
@@ -309,7 +310,7 @@ def _warn_left_padded_sources(model: Callable, mask: torch.Tensor) -> None:
         )
 
 
-def _noise_std(runner, ctx, noise: object, output, dtype) -> torch.Tensor:
+def _noise_std(runner, ctx, noise: object, output, alternatives, dtype) -> torch.Tensor:
     """SmoothGrad's noise of every sample ``[B]``: ``noise`` (default 0.15) times the range of
     its values at the layer over its real columns only, so that a prompt's padding (and the
     padding's embeddings) does not change how it is explained."""
@@ -320,7 +321,7 @@ def _noise_std(runner, ctx, noise: object, output, dtype) -> torch.Tensor:
     if layer is None:  # an encoder-decoder: [source | decoder] embeddings
         real = torch.cat([ctx.source_mask, ctx.mask], 1).bool()
     else:
-        kw = runner.arguments(ctx, slice(0, ctx.out), ctx.length, None, dtype)
+        kw = runner.arguments(ctx, slice(0, ctx.out), ctx.length, alternatives, dtype)
         x = layer_output(runner.wrapped, x, layer, output=output, **kw)
         real = ctx.mask.bool()
     x = x.detach()
