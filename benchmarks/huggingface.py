@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     markdown = "\n\n".join(
         [
             "## HuggingFace models: first and later calls vs Captum and the floor "
-            "(`benchmarks/huggingface.py`)",
+            "(`benchmarks/huggingface.py`) {#transformers}",
             f"Machine: {machine()}; 1-minute load average {load_before:.1f} before and "
             f"{load_after:.1f} after the run.",
             table(header, rows),
