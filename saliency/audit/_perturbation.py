@@ -84,6 +84,43 @@ class PerturbationCurves:
     kind: str
     params: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_curves(
+        cls,
+        curves: torch.Tensor,
+        random_curves: torch.Tensor | None,
+        fractions: torch.Tensor,
+        is_top: torch.Tensor,
+        classes: torch.Tensor,
+        kind: str,
+        params: dict,
+    ) -> PerturbationCurves:
+        """The result of ``curves`` at ``fractions``: their areas (trapezoids over the
+        fractions, divided by their span) and the areas normalised by each curve's range."""
+        span = fractions[-1] - fractions[0]
+        frac = fractions.to(curves.device, curves.dtype)
+        auc = torch.trapezoid(curves, frac, dim=-1) / span
+        random_auc = None
+        if random_curves is not None:
+            random_auc = torch.trapezoid(random_curves, frac, dim=-1) / span
+        # Min-max over the curve: bounded in [0, 1] even for curves that are not monotone.
+        low, high = curves.amin(-1), curves.amax(-1)
+        scale = curves.abs().flatten(1).amax(1)  # the sample's largest score along its curves
+        flat = (high - low) < 1e-3 * scale[:, None]
+        normalized = ((auc - low) / (high - low)).masked_fill(flat, math.nan)
+        return cls(
+            curves=curves,
+            random_curves=random_curves,
+            fractions=fractions,
+            auc=auc,
+            random_auc=random_auc,
+            normalized_auc=normalized,
+            is_top=is_top,
+            classes=classes,
+            kind=kind,
+            params=params,
+        )
+
     @property
     def lower_is_better(self) -> bool:
         """Whether a lower ``auc`` means a more faithful map (deletion, ROAD's MoRF)."""
@@ -436,18 +473,6 @@ def _run(
         budget=budget,
     )
 
-    span = fractions[-1] - fractions[0]
-    frac = fractions.to(curves.device, curves.dtype)
-    auc = torch.trapezoid(curves, frac, dim=-1) / span
-    random_auc = None
-    if random_curves is not None:
-        random_auc = torch.trapezoid(random_curves, frac, dim=-1) / span
-    # Min-max over the curve: bounded in [0, 1] even for curves that are not monotone.
-    low, high = curves.amin(-1), curves.amax(-1)
-    scale = curves.abs().flatten(1).amax(1)  # the sample's largest score along its curves
-    flat = (high - low) < 1e-3 * scale[:, None]
-    normalized = ((auc - low) / (high - low)).masked_fill(flat, math.nan)
-
     params = {
         "steps": steps,
         "substrate": describe(substrate) if not is_road else "noisy_linear_imputation",
@@ -460,17 +485,8 @@ def _run(
     }
     if is_road:
         params["noise"] = noise
-    return PerturbationCurves(
-        curves=curves,
-        random_curves=random_curves,
-        fractions=fractions,
-        auc=auc,
-        random_auc=random_auc,
-        normalized_auc=normalized,
-        is_top=is_top,
-        classes=attribution.classes,
-        kind=kind,
-        params=params,
+    return PerturbationCurves.from_curves(
+        curves, random_curves, fractions, is_top, attribution.classes, kind, params
     )
 
 

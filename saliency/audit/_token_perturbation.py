@@ -227,13 +227,6 @@ def _run(
         )
 
     fractions = points.double() / steps
-    frac = fractions.to(curves.device, curves.dtype)
-    auc = torch.trapezoid(curves, frac, dim=-1)
-    random_auc = None if random_curves is None else torch.trapezoid(random_curves, frac, dim=-1)
-    low, high = curves.amin(-1), curves.amax(-1)
-    scale = curves.abs().flatten(1).amax(1)
-    flat_curve = (high - low) < 1e-3 * scale[:, None]
-    normalized = ((auc - low) / (high - low)).masked_fill(flat_curve, math.nan)
     params = {
         "steps": steps,
         "features": "tokens",
@@ -248,17 +241,8 @@ def _run(
     }
     if layer is not None:
         params["layer"] = layer_name(model, layer)
-    return PerturbationCurves(
-        curves=curves,
-        random_curves=random_curves,
-        fractions=fractions,
-        auc=auc,
-        random_auc=random_auc,
-        normalized_auc=normalized,
-        is_top=is_top,
-        classes=attribution.classes,
-        kind=kind,
-        params=params,
+    return PerturbationCurves.from_curves(
+        curves, random_curves, fractions, is_top, attribution.classes, kind, params
     )
 
 
