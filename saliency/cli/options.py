@@ -80,9 +80,14 @@ def read_class_names(path: str | None, loaded: LoadedModel) -> list[str] | None:
     return [line.strip() for line in lines if line.strip()]
 
 
-def refuse_language_model(model: str, command: str) -> None:
-    """Refuse a bundled model that generates tokens: the commands explain classifiers."""
-    if {b.name: b.kind for b in words.bundled()}.get(model) == "language":
+def _bundled_kind(model: str) -> str | None:
+    return {b.name: b.kind for b in words.bundled()}.get(model)
+
+
+def refuse_language_model(model: str, command: str, kind: str | None = None) -> None:
+    """Refuse a bundled model that generates tokens: the commands explain classifiers
+    (``kind``: the model's bundled kind when the caller has read it already)."""
+    if (kind or _bundled_kind(model)) == "language":
         raise ValueError(
             f"MODEL: {model!r} is a language model (it generates tokens), and saliency {command} "
             "explains classifiers. Explain its generations in Python: "
@@ -92,8 +97,9 @@ def refuse_language_model(model: str, command: str) -> None:
 
 
 def refuse_text_model(model: str, command: str) -> None:
-    refuse_language_model(model, command)
-    if {b.name: b.kind for b in words.bundled()}.get(model) == "text":
+    kind = _bundled_kind(model)
+    refuse_language_model(model, command, kind)
+    if kind == "text":
         raise ValueError(
             f"MODEL: {model!r} is a text model (token ids in), and saliency {command} explains "
             "images and feature vectors. Explain its tokens in Python: "

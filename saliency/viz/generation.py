@@ -43,8 +43,9 @@ from PIL import Image, ImageDraw
 from saliency._atomic import atomic_write
 from saliency.viz.colormaps import DIVERGING, lookup_table
 from saliency.viz.draw import _font
-from saliency.viz.html import colour_bar, escape, fragment, root_of, script_data, view_id
+from saliency.viz.html import colour_bar, escape, root_of, script_data, view_id
 from saliency.viz.png import write_png
+from saliency.viz.viewer import View
 
 __all__ = [
     "generation_image",
@@ -326,26 +327,21 @@ def html_view(
 
     ``normalize``, ``percentile`` and ``cmap`` are as for :func:`generation_image`.
     """
-    body, script = _view(attribution, max_samples, normalize, percentile, cmap)
-    return fragment(body, style=_STYLE, script=script)
+    options = dict(max_samples=max_samples, normalize=normalize, percentile=percentile, cmap=cmap)
+    return generation_view(attribution, **options)._repr_html_()
 
 
-def generation_view(attribution: object, **view_args: object):
+def generation_view(
+    attribution: object,
+    *,
+    max_samples: int = 8,
+    normalize: str = "row",
+    percentile: float | None = 99.0,
+    cmap: str | None = None,
+):
     """:func:`html_view` as a :class:`saliency.viz.viewer.View` (shown in a cell, saved with
     ``.save(path)``): what :func:`saliency.viz.view` gives for a generation result."""
-    from saliency.viz.viewer import View
-
-    options = {k: view_args.pop(k) for k in ("max_samples", "normalize", "percentile", "cmap")
-               if k in view_args}  # fmt: skip
-    if view_args:
-        raise TypeError(f"unexpected arguments {sorted(view_args)}")
-    body, script = _view(
-        attribution,
-        options.get("max_samples", 8),
-        options.get("normalize", "row"),
-        options.get("percentile", 99.0),
-        options.get("cmap"),
-    )
+    body, script = _view(attribution, max_samples, normalize, percentile, cmap)
     b, t_out = attribution.generated.shape
     summary = f"{getattr(attribution, 'method', None)}: {b} samples, {t_out} generated tokens"
     return View("Generation attribution", body, style=_STYLE, script=script, summary=summary)
